@@ -1,0 +1,45 @@
+"""slf_tf: the Stochastic Loss Function (Liu & Lai, AAAI 2020) in TensorFlow/Keras.
+
+The discrete-sampling toolkit (Gumbel-Max, Gumbel-Softmax, straight-through,
+score function, Intermediate Loss Sampling) is importable on its own.
+"""
+
+from slf_tf import estimators, layers, rng, schedules
+from slf_tf.gumbel import (
+    gumbel_cdf,
+    gumbel_log_cdf,
+    gumbel_log_pdf,
+    gumbel_max,
+    gumbel_noise,
+    gumbel_pdf,
+    gumbel_sample,
+    gumbel_softmax,
+    inclusion_probabilities,
+    log_gumbel_softmax,
+    multi_gumbel_softmax,
+    straight_through,
+)
+from slf_tf.layers import BinaryGate, GumbelSoftmax
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BinaryGate",
+    "GumbelSoftmax",
+    "estimators",
+    "gumbel_cdf",
+    "gumbel_log_cdf",
+    "gumbel_log_pdf",
+    "gumbel_max",
+    "gumbel_noise",
+    "gumbel_pdf",
+    "gumbel_sample",
+    "gumbel_softmax",
+    "inclusion_probabilities",
+    "layers",
+    "log_gumbel_softmax",
+    "multi_gumbel_softmax",
+    "rng",
+    "schedules",
+    "straight_through",
+]

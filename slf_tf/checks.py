@@ -1,0 +1,81 @@
+"""Argument checks shared by the samplers, estimators and losses.
+
+Each check raises a ``ValueError`` that names the bad value and what is allowed,
+before any sampling happens (so a bad call never burns RNG state or builds half
+a graph).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+Seed = int | tuple[int, int] | list[int] | tf.Tensor | None
+
+
+def static_value(x: Any) -> Any:
+    """Returns the Python/NumPy value of ``x`` if it is known at trace time, else None."""
+    if isinstance(x, (int, float, np.number)):
+        return x
+    try:
+        return tf.get_static_value(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_temperature(temperature: Any, name: str = "temperature") -> None:
+    """Raises ``ValueError`` if a statically known temperature is not finite and > 0."""
+    value = static_value(temperature)
+    if value is None:  # a symbolic tensor (e.g. a schedule inside tf.function)
+        return
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+
+
+def check_k(k: Any, allow_inf: bool = False) -> None:
+    """Raises ``ValueError`` unless ``k`` is an integer >= 1 (or "inf" when allowed)."""
+    if allow_inf and (k == "inf" or (isinstance(k, float) and math.isinf(k) and k > 0)):
+        return
+    allowed = 'an integer >= 1' + (' or "inf"' if allow_inf else "")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be {allowed}; got {k!r} of type {type(k).__name__}.")
+    if k < 1:
+        raise ValueError(f"k must be {allowed}; got {k!r}.")
+
+
+def as_tensor(x: Any) -> tf.Tensor:
+    """``x`` as a tensor: tensors and NumPy arrays keep their dtype; Python floats become float32."""
+    if tf.is_tensor(x):
+        return x
+    if isinstance(x, (np.ndarray, np.generic)):
+        return tf.convert_to_tensor(x)
+    return tf.convert_to_tensor(x, dtype_hint=tf.float32)
+
+
+def check_logits(logits: Any, name: str = "logits") -> tf.Tensor:
+    """Converts ``logits`` to a tensor and checks it is floating point with rank >= 1."""
+    logits = as_tensor(logits)
+    if not logits.dtype.is_floating:
+        raise ValueError(
+            f"{name} must be floating point (float16, bfloat16, float32, float64); "
+            f"got dtype {logits.dtype.name}."
+        )
+    if logits.shape.rank is not None and logits.shape.rank < 1:
+        raise ValueError(
+            f"{name} must have rank >= 1 (the last axis indexes categories); "
+            f"got a scalar of shape {logits.shape}."
+        )
+    return logits
+
+
+def compute_dtype(dtype: tf.DType) -> tf.DType:
+    """The dtype noise is drawn and combined in: float32 for half types, else ``dtype``.
+
+    Half-precision uniforms cannot get close enough to 0 or 1 for the Gumbel tails,
+    and ``(logits + g) / tau`` overflows float16 at small tau, so those are upcast.
+    """
+    return tf.float64 if dtype == tf.float64 else tf.float32
