@@ -40,7 +40,7 @@ def check_k(k: Any, allow_inf: bool = False) -> None:
     """Raises ``ValueError`` unless ``k`` is an integer >= 1 (or "inf" when allowed)."""
     if allow_inf and (k == "inf" or (isinstance(k, float) and math.isinf(k) and k > 0)):
         return
-    allowed = 'an integer >= 1' + (' or "inf"' if allow_inf else "")
+    allowed = "an integer >= 1" + (' or "inf"' if allow_inf else "")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"k must be {allowed}; got {k!r} of type {type(k).__name__}.")
     if k < 1:

@@ -254,7 +254,8 @@ class ScoreFunctionEstimator(Estimator):
             baseline = leave_one_out_baseline(cost, axis=0)
         else:
             mean_cost = tf.cast(tf.reduce_mean(tf.stop_gradient(cost)), tf.float32)
-            baseline = tf.cast(tf.where(self._initialized, self.moving_average, mean_cost), cost.dtype)
+            # 0 on first use: the current costs never enter their own baseline.
+            baseline = tf.cast(tf.where(self._initialized, self.moving_average, 0.0), cost.dtype)
             new_value = tf.where(
                 self._initialized,
                 self.decay * self.moving_average + (1.0 - self.decay) * mean_cost,

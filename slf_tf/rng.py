@@ -17,7 +17,7 @@ _INT32_MAX = np.iinfo(np.int32).max
 
 
 def as_seed(seed: Any) -> tf.Tensor:
-    """Converts ``seed`` to an ``int64`` tensor of shape ``[2]`` for ``tf.random.stateless_*``.
+    """Converts ``seed`` to an int tensor of shape ``[2]`` for ``tf.random.stateless_*``.
 
     Args:
       seed: an int, a pair of ints, an int tensor of shape ``[]`` or ``[2]``, or
@@ -25,7 +25,7 @@ def as_seed(seed: Any) -> tf.Tensor:
         a result).
 
     Returns:
-      An ``int64`` tensor of shape ``[2]``.
+      An int tensor of shape ``[2]`` (int32 tensors pass through unchanged, else int64).
     """
     if seed is None:
         return tf.random.uniform([2], maxval=_INT32_MAX, dtype=tf.int64)
@@ -38,14 +38,14 @@ def as_seed(seed: Any) -> tf.Tensor:
             raise ValueError(f"seed must be an int or a pair of ints; got {seed!r}.")
         return tf.cast(tf.stack([tf.cast(s, tf.int64) for s in seed]), tf.int64)
     seed = tf.convert_to_tensor(seed)
-    if not seed.dtype.is_integer:
-        raise ValueError(f"seed must be an integer tensor; got dtype {seed.dtype.name}.")
-    seed = tf.cast(seed, tf.int64)
+    if seed.dtype not in (tf.int32, tf.int64):
+        raise ValueError(f"seed must be an int32 or int64 tensor; got dtype {seed.dtype.name}.")
     if seed.shape.rank == 0:
+        seed = tf.cast(seed, tf.int64)
         return tf.stack([seed, tf.constant(0, tf.int64)])
     if seed.shape.rank != 1 or (seed.shape[0] is not None and seed.shape[0] != 2):
         raise ValueError(f"seed tensor must have shape [] or [2]; got {seed.shape}.")
-    return seed
+    return seed  # int32 or int64: the stateless ops take either, so no cast on the hot path
 
 
 def step_seed(seed: Any, step: Any, stream: int = 0) -> tf.Tensor:

@@ -1,0 +1,1 @@
+"""absl entry points: each main() parses flags and calls one library function."""
