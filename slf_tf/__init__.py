@@ -4,7 +4,7 @@ The discrete-sampling toolkit (Gumbel-Max, Gumbel-Softmax, straight-through,
 score function, Intermediate Loss Sampling) is importable on its own.
 """
 
-from slf_tf import estimators, layers, rng, schedules
+from slf_tf import callbacks, decision, estimators, hypergrad, layers, losses, rng, schedules, selection
 from slf_tf.gumbel import (
     gumbel_cdf,
     gumbel_log_cdf,
@@ -20,11 +20,34 @@ from slf_tf.gumbel import (
     straight_through,
 )
 from slf_tf.layers import BinaryGate, GumbelSoftmax
+from slf_tf.stochastic_loss import (
+    CombinedLoss,
+    FixedLoss,
+    RandomLoss,
+    SoftAdaptLoss,
+    StochasticLoss,
+    UncertaintyLoss,
+    UniformLoss,
+    create_loss,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BinaryGate",
+    "CombinedLoss",
+    "FixedLoss",
+    "RandomLoss",
+    "SoftAdaptLoss",
+    "StochasticLoss",
+    "UncertaintyLoss",
+    "UniformLoss",
+    "callbacks",
+    "create_loss",
+    "decision",
+    "hypergrad",
+    "losses",
+    "selection",
     "GumbelSoftmax",
     "estimators",
     "gumbel_cdf",

@@ -1,0 +1,75 @@
+"""The decision network h(.; v): selection logits alpha and weight logits beta, each ``[N]``.
+
+Kinds:
+  * ``static``: alpha and beta are free variables (one choice for the whole run,
+    moved by the hypergradient).
+  * ``state``: a small MLP on training-state features (progress t/T, running means
+    of log L_i, running validation loss), so the choice can change across stages of
+    training.
+Both start at alpha = beta = 0: every candidate equally likely, equally weighted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+__all__ = ["DecisionNetwork", "KINDS", "create_decision_network", "feature_size"]
+
+KINDS = ("static", "state")
+
+
+def feature_size(num_losses: int) -> int:
+    """``[progress, running log L_1..N, running validation loss]``."""
+    return num_losses + 2
+
+
+@keras.saving.register_keras_serializable(package="slf_tf")
+class DecisionNetwork(keras.layers.Layer):
+    """``features [F] -> (alpha [N], beta [N])``.
+
+    Args:
+      num_losses: N, the size of the bag.
+      kind: ``"static"`` or ``"state"``.
+      hidden_units: width of the ``state`` MLP's hidden layer.
+    """
+
+    def __init__(self, num_losses: int, kind: str = "static", hidden_units: int = 32, **kwargs: Any):
+        super().__init__(**kwargs)
+        if kind not in KINDS:
+            raise ValueError(f"Unknown decision network kind {kind!r}; known: {list(KINDS)}.")
+        if isinstance(num_losses, bool) or not isinstance(num_losses, int) or num_losses < 1:
+            raise ValueError(f"num_losses must be an integer >= 1; got {num_losses!r}.")
+        if hidden_units < 1:
+            raise ValueError(f"hidden_units must be >= 1; got {hidden_units!r}.")
+        self.num_losses, self.kind, self.hidden_units = num_losses, kind, int(hidden_units)
+        n = num_losses
+        if kind == "static":
+            self.alpha = self.add_weight(shape=(n,), initializer="zeros", name="alpha")
+            self.beta = self.add_weight(shape=(n,), initializer="zeros", name="beta")
+        else:
+            self.hidden = keras.layers.Dense(self.hidden_units, activation="tanh", name="hidden")
+            # Zero output kernel and bias: uniform choice at the start; the hidden
+            # activations are non-zero, so the first gradient still reaches the kernel.
+            self.head = keras.layers.Dense(2 * n, kernel_initializer="zeros", name="head")
+            self.hidden.build((None, feature_size(n)))
+            self.head.build((None, self.hidden_units))
+        self.built = True
+
+    def call(self, features: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if self.kind == "static":
+            return tf.convert_to_tensor(self.alpha), tf.convert_to_tensor(self.beta)
+        out = self.head(self.hidden(tf.reshape(features, [1, -1])))[0]
+        return out[: self.num_losses], out[self.num_losses :]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_losses=self.num_losses, kind=self.kind, hidden_units=self.hidden_units)
+        return config
+
+
+def create_decision_network(kind: str, num_losses: int, **kwargs: Any) -> DecisionNetwork:
+    """Factory: fails loudly on an unknown kind."""
+    return DecisionNetwork(num_losses, kind=kind, **kwargs)

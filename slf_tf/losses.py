@@ -1,0 +1,410 @@
+"""The bag of candidate losses: a registry of per-example losses addressed by name.
+
+Every candidate has one signature, ``(y_true, y_pred) -> [batch]``, and is addressed
+by a string that may carry keyword parameters::
+
+    slf_tf.losses.get("focal(gamma=2.0)")                  # classification (default task)
+    slf_tf.losses.get("huber(delta=0.5)", task="regression")
+    slf_tf.losses.get("focal_bce", task="binary")
+
+Tasks and their inputs:
+  * ``classification``: ``y_pred`` ``[batch, C]`` logits (``from_logits=True``, the
+    default) or probabilities; ``y_true`` integer labels ``[batch]`` / ``[batch, 1]``
+    (any dtype holding integer values, as Keras casts labels to float) or one-hot
+    ``[batch, C]``.
+  * ``regression``: ``y_pred`` and ``y_true`` ``[batch]`` or ``[batch, d]``; the
+    per-example loss averages over ``d``.
+  * ``binary``: ``y_pred`` ``[batch]`` or ``[batch, 1]`` logits (or probabilities),
+    ``y_true`` in {0, 1} of the same shape.
+
+:class:`LossBag` evaluates several candidates on one batch, computing the shared
+pieces (one-hot labels, ``log_softmax``, ``softmax``) once for the whole bag.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+
+__all__ = ["CandidateLoss", "LossBag", "Prepared", "TASKS", "get", "known", "parse", "prepare", "register"]
+
+TASKS = ("classification", "regression", "binary")
+_EPS = 1e-7  # clip for logs of probabilities given directly (from_logits=False)
+
+
+class Prepared(NamedTuple):
+    """What the candidates of one task share, computed once per batch."""
+
+    y: tf.Tensor  # classification: one-hot [B, C]; regression: [B, d]; binary: [B]
+    scores: tf.Tensor  # classification: logits (or probabilities) [B, C]; regression: [B, d]; binary: [B]
+    log_p: tf.Tensor | None  # log-probabilities (classification [B, C]; binary: log sigmoid [B])
+    p: tf.Tensor | None  # probabilities
+    log_1mp: tf.Tensor | None  # binary only: log(1 - p)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    fn: Callable[..., tf.Tensor]
+    task: str
+    params: dict[str, tuple[float, Callable[[float], bool], str]]  # name -> (default, valid?, rule)
+
+
+_REGISTRY: dict[tuple[str, str], _Spec] = {}
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}; known: {list(TASKS)}.")
+
+
+def register(name: str, task: str, **params: tuple[float, Callable[[float], bool], str]):
+    """Decorator adding a candidate ``fn(prepared: Prepared, **params) -> [batch]`` to the registry.
+
+    ``params`` maps each parameter to ``(default, is_valid, rule_text)``, e.g.
+    ``gamma=(2.0, lambda g: g >= 0, ">= 0")``.
+    """
+    _check_task(task)
+
+    def wrap(fn):
+        _REGISTRY[(task, name)] = _Spec(fn, task, params)
+        return fn
+
+    return wrap
+
+
+def _nonneg(x):
+    return x >= 0
+
+
+def _positive(x):
+    return x > 0
+
+
+# --------------------------------------------------------------------------- #
+# Classification.
+# --------------------------------------------------------------------------- #
+
+
+def _p_true(t: Prepared) -> tf.Tensor:
+    return tf.reduce_sum(t.y * t.p, axis=-1)
+
+
+def _ce(t: Prepared) -> tf.Tensor:
+    return -tf.reduce_sum(t.y * t.log_p, axis=-1)
+
+
+@register("cross_entropy", "classification")
+def _cross_entropy(t):
+    return _ce(t)
+
+
+@register("focal", "classification", gamma=(2.0, _nonneg, ">= 0"))
+def _focal(t, gamma):
+    """Lin et al. 2017: ``-(1 - p_y)^gamma log p_y``."""
+    # max(., eps): a finite gradient at p_y = 1 even for gamma < 1.
+    return -tf.reduce_sum(t.y * tf.pow(tf.maximum(1.0 - t.p, _EPS), gamma) * t.log_p, axis=-1)
+
+
+@register("label_smoothing", "classification", epsilon=(0.1, lambda e: 0 <= e < 1, "in [0, 1)"))
+def _label_smoothing(t, epsilon):
+    c = tf.cast(tf.shape(t.y)[-1], t.y.dtype)
+    return -tf.reduce_sum(((1.0 - epsilon) * t.y + epsilon / c) * t.log_p, axis=-1)
+
+
+def _margin(t: Prepared) -> tf.Tensor:
+    """Crammer-Singer margin violation ``1 + max_{j != y} s_j - s_y`` on the scores."""
+    true_score = tf.reduce_sum(t.y * t.scores, axis=-1)
+    other = tf.reduce_max(t.scores - t.y * 1e9, axis=-1)
+    return 1.0 + other - true_score
+
+
+@register("hinge", "classification")
+def _hinge(t):
+    """Crammer & Singer multi-class hinge on the scores (logits, or probabilities)."""
+    return tf.nn.relu(_margin(t))
+
+
+@register("squared_hinge", "classification")
+def _squared_hinge(t):
+    return tf.square(tf.nn.relu(_margin(t)))
+
+
+@register("brier", "classification")
+def _brier(t):
+    """Squared error between probabilities and the one-hot label."""
+    return tf.reduce_sum(tf.square(t.p - t.y), axis=-1)
+
+
+@register("mae", "classification")
+def _mae_probs(t):
+    """``sum |p - y| = 2 (1 - p_y)``: robust to label noise (Ghosh et al. 2017)."""
+    return tf.reduce_sum(tf.abs(t.p - t.y), axis=-1)
+
+
+@register("gce", "classification", q=(0.7, lambda q: 0 < q <= 1, "in (0, 1]"))
+def _gce(t, q):
+    """Generalized cross-entropy (Zhang & Sabuncu 2018): ``(1 - p_y^q) / q``."""
+    return (1.0 - tf.pow(_p_true(t) + _EPS, q)) / q
+
+
+@register(
+    "symmetric_ce",
+    "classification",
+    alpha=(0.1, _nonneg, ">= 0"),
+    beta=(1.0, _nonneg, ">= 0"),
+    log_zero=(-4.0, lambda a: a < 0, "< 0"),
+)
+def _symmetric_ce(t, alpha, beta, log_zero):
+    """Wang et al. 2019: ``alpha CE + beta RCE``, RCE = ``-log_zero (1 - p_y)`` (log 0 := log_zero)."""
+    return alpha * _ce(t) - beta * log_zero * (1.0 - _p_true(t))
+
+
+@register("poly1", "classification", epsilon=(1.0, lambda e: e >= -1, ">= -1"))
+def _poly1(t, epsilon):
+    """Leng et al. 2022: ``CE + epsilon (1 - p_y)``."""
+    return _ce(t) + epsilon * (1.0 - _p_true(t))
+
+
+# --------------------------------------------------------------------------- #
+# Regression (per-example mean over the last axis).
+# --------------------------------------------------------------------------- #
+
+
+def _err(t: Prepared) -> tf.Tensor:
+    return t.scores - t.y
+
+
+@register("mse", "regression")
+def _mse(t):
+    return tf.reduce_mean(tf.square(_err(t)), axis=-1)
+
+
+@register("mae", "regression")
+def _mae(t):
+    return tf.reduce_mean(tf.abs(_err(t)), axis=-1)
+
+
+@register("huber", "regression", delta=(1.0, _positive, "> 0"))
+def _huber(t, delta):
+    a = tf.abs(_err(t))
+    quad = tf.minimum(a, delta)
+    return tf.reduce_mean(0.5 * tf.square(quad) + delta * (a - quad), axis=-1)
+
+
+@register("log_cosh", "regression")
+def _log_cosh(t):
+    e = _err(t)  # log(cosh(e)) = e + softplus(-2e) - log 2: no overflow for large |e|
+    return tf.reduce_mean(e + tf.nn.softplus(-2.0 * e) - math.log(2.0), axis=-1)
+
+
+@register("quantile", "regression", tau=(0.5, lambda q: 0 < q < 1, "in (0, 1)"))
+def _quantile(t, tau):
+    """Pinball loss: ``max(tau (y - f), (tau - 1)(y - f))``."""
+    r = t.y - t.scores
+    return tf.reduce_mean(tf.maximum(tau * r, (tau - 1.0) * r), axis=-1)
+
+
+# --------------------------------------------------------------------------- #
+# Binary.
+# --------------------------------------------------------------------------- #
+
+
+def _bce_terms(t):
+    return -(t.y * t.log_p + (1.0 - t.y) * t.log_1mp)
+
+
+@register("bce", "binary")
+def _bce(t):
+    return _bce_terms(t)
+
+
+@register("focal_bce", "binary", gamma=(2.0, _nonneg, ">= 0"))
+def _focal_bce(t, gamma):
+    p_t = t.y * t.p + (1.0 - t.y) * (1.0 - t.p)
+    return tf.pow(tf.maximum(1.0 - p_t, _EPS), gamma) * _bce_terms(t)
+
+
+@register("binary_hinge", "binary")
+def _binary_hinge(t):
+    """``max(0, 1 - (2y - 1) s)`` on the score (logit, or probability - 0.5 when given probabilities)."""
+    return tf.nn.relu(1.0 - (2.0 * t.y - 1.0) * t.scores)
+
+
+# --------------------------------------------------------------------------- #
+# Parsing, preparation and the public objects.
+# --------------------------------------------------------------------------- #
+
+_NAME_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def known(task: str = "classification") -> list[str]:
+    """The candidate names registered for ``task``."""
+    _check_task(task)
+    return sorted(name for (t, name) in _REGISTRY if t == task)
+
+
+def parse(spec: str, task: str = "classification") -> tuple[str, dict[str, float]]:
+    """Parses ``"focal(gamma=2.0)"`` into ``("focal", {"gamma": 2.0})``, validating both parts."""
+    _check_task(task)
+    if not isinstance(spec, str):
+        raise ValueError(f"A candidate loss is named by a string like 'focal(gamma=2.0)'; got {spec!r}.")
+    m = _NAME_RE.match(spec)
+    if not m:
+        raise ValueError(f"Cannot parse loss {spec!r}; expected 'name' or 'name(key=value, ...)'.")
+    name, arg_text = m.group(1), m.group(2)
+    if (task, name) not in _REGISTRY:
+        raise ValueError(f"Unknown {task} loss {name!r}; known: {known(task)}.")
+    allowed = _REGISTRY[(task, name)].params
+    params: dict[str, float] = {}
+    if arg_text and arg_text.strip():
+        try:
+            call = ast.parse(f"f({arg_text})", mode="eval").body
+        except SyntaxError as e:
+            raise ValueError(f"Cannot parse the parameters of {spec!r}: {e.msg}.") from None
+        if call.args:
+            raise ValueError(f"Parameters of {spec!r} must be given as key=value; allowed: {sorted(allowed)}.")
+        for kw in call.keywords:
+            if kw.arg not in allowed:
+                raise ValueError(f"Loss {name!r} has no parameter {kw.arg!r}; allowed: {sorted(allowed) or 'none'}.")
+            try:
+                value = ast.literal_eval(kw.value)
+            except ValueError:
+                raise ValueError(f"Parameter {kw.arg} of {spec!r} must be a number.") from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"Parameter {kw.arg} of {spec!r} must be a number; got {value!r}.")
+            params[kw.arg] = float(value)
+    for key, (default, valid, rule) in allowed.items():
+        params.setdefault(key, default)
+        if not (math.isfinite(params[key]) and valid(params[key])):
+            raise ValueError(f"Parameter {key} of loss {name!r} must be {rule}; got {params[key]!r} in {spec!r}.")
+    return name, params
+
+
+def _static_rank(t: tf.Tensor, what: str) -> int:
+    if t.shape.rank is None:
+        raise ValueError(f"{what} must have a known rank; got shape {t.shape}.")
+    return t.shape.rank
+
+
+def prepare(y_true: Any, y_pred: Any, task: str, from_logits: bool) -> Prepared:
+    """Validates shapes and dtypes and computes what the task's candidates share."""
+    y_pred = tf.convert_to_tensor(y_pred)
+    y_true = tf.convert_to_tensor(y_true)
+    if not y_pred.dtype.is_floating:
+        raise ValueError(f"y_pred must be floating point; got dtype {y_pred.dtype.name}.")
+    dtype = tf.float32 if y_pred.dtype in (tf.float16, tf.bfloat16) else y_pred.dtype
+    y_pred = tf.cast(y_pred, dtype)
+    if not (y_true.dtype.is_floating or y_true.dtype.is_integer or y_true.dtype == tf.bool):
+        raise ValueError(f"y_true must be numeric; got dtype {y_true.dtype.name}.")
+    rp, rt = _static_rank(y_pred, "y_pred"), _static_rank(y_true, "y_true")
+    if task == "classification":
+        if rp != 2:
+            raise ValueError(f"classification y_pred must be [batch, classes]; got shape {y_pred.shape}.")
+        num_classes = y_pred.shape[-1]
+        if rt == 2 and y_true.shape[-1] == num_classes and num_classes != 1:
+            y = tf.cast(y_true, dtype)  # one-hot (or soft) labels
+        elif rt == 1 or (rt == 2 and y_true.shape[-1] == 1):
+            labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
+            y = tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=dtype)
+        else:
+            raise ValueError(
+                f"classification y_true must be integer labels [batch] or [batch, 1], or one-hot "
+                f"[batch, {num_classes}]; got shape {y_true.shape} for y_pred of shape {y_pred.shape}."
+            )
+        if from_logits:
+            log_p = tf.nn.log_softmax(y_pred, axis=-1)
+            return Prepared(y, y_pred, log_p, tf.exp(log_p), None)
+        p = y_pred
+        return Prepared(y, p, tf.math.log(tf.clip_by_value(p, _EPS, 1.0)), p, None)
+    if task == "regression":
+        if rp == 1:
+            y_pred = y_pred[:, None]
+        if rt == 1:
+            y_true = y_true[:, None]
+        y = tf.cast(y_true, dtype)
+        if y.shape[-1] is not None and y_pred.shape[-1] is not None and y.shape[-1] != y_pred.shape[-1]:
+            raise ValueError(f"regression y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}.")
+        return Prepared(y, y_pred, None, None, None)
+    # binary
+    if rp == 2 and y_pred.shape[-1] == 1:
+        y_pred = y_pred[:, 0]
+    if rt == 2 and y_true.shape[-1] == 1:
+        y_true = y_true[:, 0]
+    if y_pred.shape.rank != 1 or y_true.shape.rank != 1:
+        raise ValueError(
+            f"binary y_pred and y_true must be [batch] or [batch, 1]; got {y_pred.shape} and {y_true.shape}."
+        )
+    y = tf.cast(y_true, dtype)
+    if from_logits:
+        return Prepared(y, y_pred, tf.math.log_sigmoid(y_pred), tf.sigmoid(y_pred), tf.math.log_sigmoid(-y_pred))
+    p = tf.clip_by_value(y_pred, _EPS, 1.0 - _EPS)
+    return Prepared(y, y_pred - 0.5, tf.math.log(p), y_pred, tf.math.log(1.0 - p))
+
+
+def _check_batch(y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
+    bt, bp = y_true.shape[:1], y_pred.shape[:1]
+    if bt[0] is not None and bp[0] is not None and bt[0] != bp[0]:
+        raise ValueError(f"y_true and y_pred batch sizes differ: {y_true.shape} vs {y_pred.shape}.")
+
+
+class CandidateLoss:
+    """One named, parameterised per-example loss: ``(y_true, y_pred) -> [batch]``."""
+
+    def __init__(self, spec: str, task: str = "classification", from_logits: bool = True):
+        self.spec = spec
+        self.name, self.params = parse(spec, task)
+        self.task = task
+        self.from_logits = bool(from_logits)
+        self._fn = _REGISTRY[(task, self.name)].fn
+
+    def from_prepared(self, prepared: Prepared) -> tf.Tensor:
+        return self._fn(prepared, **self.params)
+
+    def __call__(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        y_true, y_pred = tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
+        _check_batch(y_true, y_pred)
+        return self.from_prepared(prepare(y_true, y_pred, self.task, self.from_logits))
+
+    def __repr__(self) -> str:
+        return f"CandidateLoss({self.spec!r}, task={self.task!r})"
+
+
+def get(spec: str, task: str = "classification", from_logits: bool = True) -> CandidateLoss:
+    """The candidate loss named by ``spec`` (e.g. ``"focal(gamma=2.0)"``)."""
+    return CandidateLoss(spec, task=task, from_logits=from_logits)
+
+
+class LossBag:
+    """N candidate losses evaluated together: ``bag(y_true, y_pred) -> [batch, N]``."""
+
+    def __init__(self, specs: Sequence[str], task: str = "classification", from_logits: bool = True):
+        if isinstance(specs, str):
+            raise ValueError(f"losses must be a list of names, not the single string {specs!r}.")
+        specs = list(specs)
+        if not specs:
+            raise ValueError(f"The bag of losses is empty; give at least one of {known(task)}.")
+        self.candidates = [CandidateLoss(s, task, from_logits) for s in specs]
+        keys = [(c.name, tuple(sorted(c.params.items()))) for c in self.candidates]
+        dupes = sorted({specs[i] for i, k in enumerate(keys) if keys.index(k) != i})
+        if dupes:
+            raise ValueError(f"Duplicate losses in the bag: {dupes}; each candidate must appear once.")
+        self.specs, self.task, self.from_logits = specs, task, bool(from_logits)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def __call__(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        y_true, y_pred = tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
+        _check_batch(y_true, y_pred)
+        prepared = prepare(y_true, y_pred, self.task, self.from_logits)
+        return tf.stack([c.from_prepared(prepared) for c in self.candidates], axis=-1)
