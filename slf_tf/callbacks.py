@@ -31,7 +31,8 @@ def _as_dataset(data: Any) -> tf.data.Dataset:
         x, y = data
         return tf.data.Dataset.from_tensor_slices((x, y)).batch(128)
     raise ValueError(
-        f"DecisionUpdate data must be a tf.data.Dataset of (x, y) batches or an (x, y) tuple; got {type(data).__name__}."
+        "DecisionUpdate data must be a tf.data.Dataset of (x, y) batches or an (x, y) tuple; "
+        f"got {type(data).__name__}."
     )
 
 

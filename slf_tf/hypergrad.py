@@ -99,7 +99,13 @@ def _lookahead(
         l_minus = tf.reduce_mean(loss.per_example_losses(y, _forward(model, minus, nt, x, True))[0], axis=0)
         scores = (l_plus - l_minus) / (2.0 * tf.cast(eps, l_plus.dtype))
         d_j_dc = -tf.cast(eta, scores.dtype) * scores
-    return {"d_j_dc": d_j_dc, "val_loss_lookahead": j, "losses": losses, "finite": finite, "w_virtual": w_virtual}
+    return {
+        "d_j_dc": d_j_dc,
+        "val_loss_lookahead": j,
+        "losses": losses,
+        "finite": finite,
+        "w_virtual": w_virtual,
+    }
 
 
 def coefficient_gradient(
@@ -122,7 +128,16 @@ def coefficient_gradient(
         return coefficients * tf.cast(finite, coefficients.dtype)
 
     out = _lookahead(
-        model, loss, x, y, x_val, y_val, select_fn, lookahead_lr=lookahead_lr, method=method, fd_epsilon=fd_epsilon
+        model,
+        loss,
+        x,
+        y,
+        x_val,
+        y_val,
+        select_fn,
+        lookahead_lr=lookahead_lr,
+        method=method,
+        fd_epsilon=fd_epsilon,
     )
     return out["d_j_dc"], out["val_loss_lookahead"]
 

@@ -118,7 +118,12 @@ def select(
 
 
 def expected_coefficients(
-    alpha: tf.Tensor, beta: tf.Tensor, *, k: int | str, finite: tf.Tensor | None = None, weighting: str = "selected"
+    alpha: tf.Tensor,
+    beta: tf.Tensor,
+    *,
+    k: int | str,
+    finite: tf.Tensor | None = None,
+    weighting: str = "selected",
 ) -> tf.Tensor:
     """Noise-free coefficients for evaluation: inclusion probability ``1 - (1 - p)^K`` in place of ``a``."""
     n = tf.shape(alpha)[0]

@@ -35,7 +35,8 @@ import tensorflow as tf
 
 from slf_tf import checks, gumbel, rng, schedules, selection
 from slf_tf import decision as decision_lib
-from slf_tf.losses import LossBag, get as get_candidate
+from slf_tf.losses import LossBag
+from slf_tf.losses import get as get_candidate
 
 __all__ = [
     "CombinedLoss",
@@ -119,7 +120,9 @@ class CombinedLoss(keras.losses.Loss):
         self.loss_scale = state((n,), tf.ones, name="loss_scale")
         self.running_log_losses = state((n,), tf.zeros, name="running_log_losses")
         self.running_val_loss = keras.Variable(0.0, trainable=False, name="running_val_loss")
-        self._stats_initialized = keras.Variable(False, dtype="bool", trainable=False, name="stats_initialized")
+        self._stats_initialized = keras.Variable(
+            False, dtype="bool", trainable=False, name="stats_initialized"
+        )
 
     # ------------------------------------------------------------------ API --
 
@@ -237,7 +240,9 @@ class CombinedLoss(keras.losses.Loss):
         """Folds a validation loss into the running mean used by the ``state`` features."""
         value = tf.cast(value, tf.float32)
         d = self.ema_decay
-        new = tf.where(self.running_val_loss.value == 0.0, value, d * self.running_val_loss.value + (1 - d) * value)
+        new = tf.where(
+            self.running_val_loss.value == 0.0, value, d * self.running_val_loss.value + (1 - d) * value
+        )
         self.running_val_loss.assign(tf.where(tf.math.is_finite(value), new, self.running_val_loss.value))
 
     def call(self, y_true, y_pred):
@@ -309,7 +314,11 @@ class StochasticLoss(CombinedLoss):
         self.k = "inf" if k == "inf" or k == float("inf") else int(k)
         self.schedule = schedules.get(temperature)
         self.estimator, self.weighting, self.threshold = estimator, weighting, float(threshold)
-        self.decision_kind, self.hidden_units, self.ils_step_size = decision, int(hidden_units), float(ils_step_size)
+        self.decision_kind, self.hidden_units, self.ils_step_size = (
+            decision,
+            int(hidden_units),
+            float(ils_step_size),
+        )
         self.decision_network = decision_lib.create_decision_network(
             decision, self.num_losses, hidden_units=self.hidden_units, name=f"{self.name}_decision"
         )
@@ -326,7 +335,11 @@ class StochasticLoss(CombinedLoss):
         d = self.ema_decay
         reward = tf.cast(reward, tf.float32)
         self.reward_baseline.assign(
-            tf.where(tf.math.is_finite(reward), d * self.reward_baseline.value + (1 - d) * reward, self.reward_baseline.value)
+            tf.where(
+                tf.math.is_finite(reward),
+                d * self.reward_baseline.value + (1 - d) * reward,
+                self.reward_baseline.value,
+            )
         )
 
     @property
@@ -433,7 +446,7 @@ class UniformLoss(CombinedLoss):
 
 @keras.saving.register_keras_serializable(package="slf_tf")
 class UncertaintyLoss(CombinedLoss):
-    """Kendall, Gal & Cipolla 2018: ``sum_i exp(-s_i) L_i / 2 + s_i / 2`` with learned ``s_i = log sigma_i^2``.
+    """Kendall, Gal & Cipolla 2018: ``sum_i exp(-s_i) L_i / 2 + s_i / 2``, learned ``s_i = log sigma_i^2``.
 
     The main network sees coefficients ``c_i = exp(-s_i) / 2``; ``s`` is trained on
     the same objective (the ``training_objective`` update rule).
@@ -473,7 +486,9 @@ class SoftAdaptLoss(CombinedLoss):
     def __init__(self, losses: Sequence[str], beta: float = 10.0, **kwargs: Any):
         super().__init__(losses, **kwargs)
         self.beta = float(beta)
-        self.previous_scale = keras.Variable(tf.ones([self.num_losses]), trainable=False, name="previous_scale")
+        self.previous_scale = keras.Variable(
+            tf.ones([self.num_losses]), trainable=False, name="previous_scale"
+        )
 
     @property
     def state_variables(self):
@@ -522,7 +537,9 @@ def create_loss(strategy: str, losses: Sequence[str], **kwargs: Any) -> Combined
     cls = STRATEGIES[strategy]
     if strategy == "softmax":
         kwargs["k"] = "inf"
-    allowed = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(CombinedLoss.__init__).parameters)
+    allowed = set(inspect.signature(cls.__init__).parameters) | set(
+        inspect.signature(CombinedLoss.__init__).parameters
+    )
     if cls in (StochasticLoss, RandomLoss):
         allowed |= set(inspect.signature(StochasticLoss.__init__).parameters)
     return cls(losses, **{k: v for k, v in kwargs.items() if k in allowed})

@@ -35,7 +35,11 @@ CLASSIFICATION_TABLE = [
 @pytest.mark.parametrize("label_form", ["sparse", "sparse_float_2d", "one_hot"])
 def test_classification_values(spec, expected, from_logits, label_form):
     y_pred = LOGITS if from_logits else P
-    labels = {"sparse": LABEL, "sparse_float_2d": LABEL[:, None].astype(np.float32), "one_hot": np.eye(3)[LABEL]}
+    labels = {
+        "sparse": LABEL,
+        "sparse_float_2d": LABEL[:, None].astype(np.float32),
+        "one_hot": np.eye(3)[LABEL],
+    }
     if not from_logits and spec.startswith(("hinge", "squared_hinge")):
         # on probabilities the hinge's scores are the probabilities themselves
         expected = max(0.0, 1 + 0.2 - 0.7) ** (2 if spec.startswith("squared") else 1)
@@ -57,7 +61,9 @@ REGRESSION_TABLE = [
 def test_regression_values(spec, expected):
     y_true = np.array([[1.0, 0.0]])
     y_pred = np.array([[0.5, 2.0]])  # residuals y - f = [0.5, -2]
-    np.testing.assert_allclose(losses.get(spec, task="regression")(y_true, y_pred).numpy(), [expected], rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.get(spec, task="regression")(y_true, y_pred).numpy(), [expected], rtol=1e-6
+    )
 
 
 def test_binary_values():
@@ -67,7 +73,9 @@ def test_binary_values():
     bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     np.testing.assert_allclose(losses.get("bce", task="binary")(y, z), bce, rtol=1e-6)
     p_t = np.where(y == 1, p, 1 - p)
-    np.testing.assert_allclose(losses.get("focal_bce(gamma=2)", task="binary")(y, z), (1 - p_t) ** 2 * bce, rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.get("focal_bce(gamma=2)", task="binary")(y, z), (1 - p_t) ** 2 * bce, rtol=1e-6
+    )
     np.testing.assert_allclose(losses.get("binary_hinge", task="binary")(y, z), [0.7, 0.0], rtol=1e-6)
     np.testing.assert_allclose(
         losses.get("bce", task="binary", from_logits=False)(y[:, None], p[:, None]), bce, rtol=1e-5
@@ -101,7 +109,9 @@ def test_matches_keras(spec, task, keras_loss, from_logits):
         y_true, y_pred = rng.integers(0, 2, size=(32, 1)).astype(float), rng.normal(size=(32, 1)) * 3
         kwargs["from_logits"] = from_logits
     ours = losses.get(spec, task=task, from_logits=bool(from_logits) if from_logits is not None else True)
-    np.testing.assert_allclose(ours(y_true, y_pred), keras_loss(**kwargs)(y_true, y_pred), rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ours(y_true, y_pred), keras_loss(**kwargs)(y_true, y_pred), rtol=2e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("spec", losses.known("classification"))
@@ -109,9 +119,13 @@ def test_matches_keras(spec, task, keras_loss, from_logits):
 def test_classification_gradients_finite_including_probabilities_0_and_1(spec, from_logits):
     rng = np.random.default_rng(1)
     if from_logits:
-        y_pred = np.concatenate([rng.normal(size=(30, 4)) * 5, [[60.0, -60.0, 0.0, 0.0], [-60.0, 60.0, 0.0, 0.0]]])
+        y_pred = np.concatenate(
+            [rng.normal(size=(30, 4)) * 5, [[60.0, -60.0, 0.0, 0.0], [-60.0, 60.0, 0.0, 0.0]]]
+        )
     else:
-        y_pred = np.concatenate([tf.nn.softmax(rng.normal(size=(30, 4))).numpy(), [[1, 0, 0, 0], [0, 1, 0, 0.0]]])
+        y_pred = np.concatenate(
+            [tf.nn.softmax(rng.normal(size=(30, 4))).numpy(), [[1, 0, 0, 0], [0, 1, 0, 0.0]]]
+        )
     y_pred = tf.constant(y_pred, tf.float32)
     y_true = np.concatenate([rng.integers(0, 4, size=30), [0, 0]])
     with tf.GradientTape() as tape:
@@ -121,9 +135,10 @@ def test_classification_gradients_finite_including_probabilities_0_and_1(spec, f
     assert np.all(np.isfinite(value.numpy())) and np.all(np.isfinite(grad.numpy())), spec
 
 
-@pytest.mark.parametrize("spec,task", [(n, "regression") for n in losses.known("regression")] + [
-    (n, "binary") for n in losses.known("binary")
-])
+@pytest.mark.parametrize(
+    "spec,task",
+    [(n, "regression") for n in losses.known("regression")] + [(n, "binary") for n in losses.known("binary")],
+)
 def test_other_gradients_finite(spec, task):
     y_pred = tf.constant([[-80.0], [80.0], [0.0], [3.0]])
     y_true = np.array([[1.0], [0.0], [1.0], [0.0]])
@@ -163,7 +178,10 @@ def test_parse_parameters():
         (lambda: losses.get("mse", task="vision"), r"Unknown task 'vision'; known: \['classification'"),
         (lambda: losses.get("focal(gamma=-1)"), r"Parameter gamma of loss 'focal' must be >= 0; got -1.0"),
         (lambda: losses.get("gce(q=0)"), r"Parameter q of loss 'gce' must be in \(0, 1\]; got 0.0"),
-        (lambda: losses.get("focal(alpha=1)"), r"Loss 'focal' has no parameter 'alpha'; allowed: \['gamma'\]"),
+        (
+            lambda: losses.get("focal(alpha=1)"),
+            r"Loss 'focal' has no parameter 'alpha'; allowed: \['gamma'\]",
+        ),
         (lambda: losses.get("mae(x=1)"), "has no parameter 'x'; allowed: none"),
         (lambda: losses.get("focal(2.0)"), "must be given as key=value"),
         (lambda: losses.get("focal(gamma='a')"), "must be a number"),
@@ -180,7 +198,11 @@ def test_bad_names_and_parameters(make, match):
 @pytest.mark.parametrize(
     "y_true,y_pred,match",
     [
-        (np.zeros([4, 3]), np.zeros([4, 5], np.float32), r"integer labels \[batch\] or \[batch, 1\], or one-hot"),
+        (
+            np.zeros([4, 3]),
+            np.zeros([4, 5], np.float32),
+            r"integer labels \[batch\] or \[batch, 1\], or one-hot",
+        ),
         (np.zeros([5]), np.zeros([4, 5], np.float32), "batch sizes differ"),
         (np.zeros([4]), np.zeros([4], np.float32), r"must be \[batch, classes\]"),
         (np.zeros([4]), np.zeros([4, 5], np.int32), "y_pred must be floating point; got dtype int32"),
