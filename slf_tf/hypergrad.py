@@ -32,9 +32,16 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from slf_tf import distributed
 from slf_tf.stochastic_loss import CombinedLoss
 
-__all__ = ["METHODS", "decision_gradients", "coefficient_gradient", "apply_decision_update"]
+__all__ = [
+    "METHODS",
+    "apply_decision_update",
+    "coefficient_gradient",
+    "decision_gradients",
+    "record_decision_metrics",
+]
 
 METHODS = ("exact", "finite_difference")
 
@@ -49,9 +56,11 @@ def _forward(model: keras.Model, trainable, non_trainable, x, training: bool):
     return out
 
 
-def _validation_loss(loss: CombinedLoss, model, trainable, non_trainable, x_val, y_val) -> tf.Tensor:
+def _validation_loss(
+    loss: CombinedLoss, model, trainable, non_trainable, x_val, y_val, global_val_batch=None
+):
     pred = _forward(model, trainable, non_trainable, x_val, False)
-    return tf.reduce_mean(loss.validation_loss(y_val, pred))
+    return distributed.batch_mean(loss.validation_loss(y_val, pred), global_val_batch)
 
 
 def _lookahead(
@@ -66,8 +75,15 @@ def _lookahead(
     lookahead_lr: float,
     method: str,
     fd_epsilon: float,
+    global_batch: int | None = None,
+    global_val_batch: int | None = None,
 ) -> dict[str, tf.Tensor]:
-    """Runs the virtual step; returns dJ/dc, J(w'), L(w) and the finite mask."""
+    """Runs the virtual step; returns dJ/dc, J(w'), L(w) and the finite mask.
+
+    Under a multi-replica strategy (with the global batch sizes given) every
+    quantity below is this replica's partial sum, except the virtual step, which
+    uses the all-reduced gradient so that ``w'`` is the same on every replica.
+    """
     w = [v.value for v in model.trainable_variables]
     nt = [v.value for v in model.non_trainable_variables]
     eta = lookahead_lr
@@ -75,28 +91,34 @@ def _lookahead(
         with tf.GradientTape(watch_accessed_variables=False) as inner:
             inner.watch(w)
             per_example, finite = loss.per_example_losses(y, _forward(model, w, nt, x, True))
-            losses = tf.reduce_mean(per_example, axis=0)
+            finite = distributed.all_true(finite)
+            per_example = tf.where(finite[None], per_example, tf.zeros_like(per_example))
+            losses = distributed.batch_mean(per_example, global_batch)
             c = tf.stop_gradient(tf.cast(select_fn(finite), losses.dtype))
             if method == "exact":
                 outer.watch(c)
             l_slf = tf.reduce_sum(c * losses)
-        grads = inner.gradient(l_slf, w, unconnected_gradients="zero")
+        grads = distributed.all_sum(inner.gradient(l_slf, w, unconnected_gradients="zero"))
         w_virtual = [wi - tf.cast(eta, wi.dtype) * gi for wi, gi in zip(w, grads, strict=True)]
         if method == "exact":
-            j = _validation_loss(loss, model, w_virtual, nt, x_val, y_val)
+            j = _validation_loss(loss, model, w_virtual, nt, x_val, y_val, global_val_batch)
     if method == "exact":
         d_j_dc = outer.gradient(j, c, unconnected_gradients="zero")
     else:
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(w_virtual)
-            j = _validation_loss(loss, model, w_virtual, nt, x_val, y_val)
-        g_val = tape.gradient(j, w_virtual, unconnected_gradients="zero")
+            j = _validation_loss(loss, model, w_virtual, nt, x_val, y_val, global_val_batch)
+        g_val = distributed.all_sum(tape.gradient(j, w_virtual, unconnected_gradients="zero"))
         norm = tf.linalg.global_norm(g_val)
         eps = tf.cast(fd_epsilon, norm.dtype) / tf.maximum(norm, tf.cast(1e-12, norm.dtype))
         plus = [wi + tf.cast(eps, wi.dtype) * gi for wi, gi in zip(w, g_val, strict=True)]
         minus = [wi - tf.cast(eps, wi.dtype) * gi for wi, gi in zip(w, g_val, strict=True)]
-        l_plus = tf.reduce_mean(loss.per_example_losses(y, _forward(model, plus, nt, x, True))[0], axis=0)
-        l_minus = tf.reduce_mean(loss.per_example_losses(y, _forward(model, minus, nt, x, True))[0], axis=0)
+        l_plus = distributed.batch_mean(
+            loss.per_example_losses(y, _forward(model, plus, nt, x, True))[0], global_batch
+        )
+        l_minus = distributed.batch_mean(
+            loss.per_example_losses(y, _forward(model, minus, nt, x, True))[0], global_batch
+        )
         scores = (l_plus - l_minus) / (2.0 * tf.cast(eps, l_plus.dtype))
         d_j_dc = -tf.cast(eta, scores.dtype) * scores
     return {
@@ -155,6 +177,8 @@ def decision_gradients(
     method: str = "exact",
     entropy_weight: float = 0.0,
     fd_epsilon: float = 1e-3,
+    global_batch: int | None = None,
+    global_val_batch: int | None = None,
 ) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
     """Gradients for ``loss.decision_variables`` and metrics, by the loss's update rule.
 
@@ -167,17 +191,28 @@ def decision_gradients(
       method: ``exact`` or ``finite_difference``.
       entropy_weight: weight of an entropy bonus on ``softmax(alpha)`` (exploration).
       fd_epsilon: the finite-difference step, relative to ``||grad L_val(w')||``.
+      global_batch, global_val_batch: under a multi-replica strategy, the global
+        batch sizes; the returned gradients are then this replica's partial sums
+        (the optimizer's all-reduce adds them up), metrics are global.
+
+    Returns:
+      ``(grads, metrics)``. State updates that follow from the metrics (running
+      validation loss, reward baseline) are left to :func:`record_decision_metrics`,
+      to be called in cross-replica context.
     """
     _check_method(method)
     variables = loss.decision_variables
+    replicas = distributed.num_replicas()
     metrics: dict[str, tf.Tensor] = {}
     if loss.update_rule == "training_objective":
-        with tf.GradientTape() as tape:
-            pred = model(x, training=True)
-            per_example, _ = loss.per_example_losses(y, pred)
-            objective = loss.decision_objective(tf.cast(tf.reduce_mean(per_example, axis=0), tf.float32))
-        grads = tape.gradient(objective, variables, unconnected_gradients="zero")
-        metrics["decision_objective"] = objective
+        watched = [v.value for v in variables]
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(watched)
+            per_example, _ = loss.per_example_losses(y, model(x, training=True))
+            losses = distributed.all_sum(distributed.batch_mean(per_example, global_batch))
+            objective = loss.decision_objective(tf.cast(losses, tf.float32)) / replicas
+        grads = tape.gradient(objective, watched, unconnected_gradients="zero")
+        metrics["decision_objective"] = objective * replicas
     elif loss.update_rule == "hypergradient":
         holder = {}
 
@@ -200,34 +235,44 @@ def decision_gradients(
                 lookahead_lr=lookahead_lr,
                 method=method,
                 fd_epsilon=fd_epsilon,
+                global_batch=global_batch,
+                global_val_batch=global_val_batch,
             )
             sel = holder["selection"]
+            val_after = distributed.all_sum(out["val_loss_lookahead"])
             if getattr(loss, "estimator", None) == "reinforce":
                 w = [v.value for v in model.trainable_variables]
                 nt = [v.value for v in model.non_trainable_variables]
-                j0 = _validation_loss(loss, model, w, nt, x_val, y_val)
-                reward = tf.cast(j0 - out["val_loss_lookahead"], tf.float32)
+                j0 = distributed.all_sum(_validation_loss(loss, model, w, nt, x_val, y_val, global_val_batch))
+                reward = tf.cast(j0 - val_after, tf.float32)
                 advantage = tf.stop_gradient(reward - loss.reward_baseline.value)
-                objective = -advantage * sel.log_prob
+                objective = -advantage * sel.log_prob / replicas
                 metrics["reward"] = reward
             else:
                 d_j_dc = tf.stop_gradient(tf.cast(out["d_j_dc"], sel.coefficients.dtype))
                 objective = tf.reduce_sum(sel.coefficients * d_j_dc)
             if entropy_weight:
                 alpha, _ = loss.logits()
-                p = tf.nn.softmax(alpha)
-                entropy = -tf.reduce_sum(p * tf.nn.log_softmax(alpha))
-                objective -= entropy_weight * entropy
+                entropy = -tf.reduce_sum(tf.nn.softmax(alpha) * tf.nn.log_softmax(alpha))
+                objective -= entropy_weight * entropy / replicas
         grads = tape.gradient(objective, watched, unconnected_gradients="zero")
-        if "reward" in metrics:
-            loss.update_reward_baseline(metrics["reward"])
-        loss.update_validation_loss(out["val_loss_lookahead"])
-        metrics["val_loss_lookahead"] = out["val_loss_lookahead"]
-        metrics["scores"] = -out["d_j_dc"] / tf.cast(lookahead_lr, out["d_j_dc"].dtype)
+        metrics["val_loss_lookahead"] = val_after
+        scores = -out["d_j_dc"] / tf.cast(lookahead_lr, out["d_j_dc"].dtype)
+        metrics["scores"] = distributed.all_sum(scores)
     else:
         grads = []
-    metrics["hypergrad_norm"] = tf.linalg.global_norm(grads) if grads else tf.zeros([])
+    metrics["hypergrad_norm"] = (
+        tf.sqrt(distributed.all_sum(tf.square(tf.linalg.global_norm(grads)))) if grads else tf.zeros([])
+    )
     return grads, metrics
+
+
+def record_decision_metrics(loss: CombinedLoss, metrics: dict[str, tf.Tensor]) -> None:
+    """Folds a decision update's metrics into the loss state (running validation loss, reward baseline)."""
+    if "val_loss_lookahead" in metrics:
+        loss.update_validation_loss(metrics["val_loss_lookahead"])
+    if "reward" in metrics:
+        loss.update_reward_baseline(metrics["reward"])
 
 
 def apply_decision_update(
@@ -238,17 +283,23 @@ def apply_decision_update(
     y,
     x_val,
     y_val,
+    *,
+    record: bool = True,
     **kwargs: Any,
 ) -> dict[str, tf.Tensor]:
     """:func:`decision_gradients`, then one ``optimizer`` step on the decision variables.
 
-    Non-finite gradients are not applied (the step is counted in ``metrics["skipped"]``).
+    Non-finite gradients are replaced by zeros (``metrics["skipped"] = 1``).
+    ``record=False`` leaves :func:`record_decision_metrics` to the caller (needed
+    under a multi-replica strategy, where state is updated in cross-replica context).
     """
     grads, metrics = decision_gradients(model, loss, x, y, x_val, y_val, **kwargs)
-    if not grads:
-        return metrics
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-    safe = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
-    optimizer.apply_gradients(zip(safe, loss.decision_variables, strict=True))
-    metrics["skipped"] = tf.cast(tf.logical_not(finite), tf.float32)
+    if grads:
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        finite = distributed.all_true(finite[None])[0]
+        safe = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+        optimizer.apply_gradients(zip(safe, loss.decision_variables, strict=True))
+        metrics["skipped"] = tf.cast(tf.logical_not(finite), tf.float32)
+    if record:
+        record_decision_metrics(loss, metrics)
     return metrics

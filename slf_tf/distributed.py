@@ -1,0 +1,47 @@
+"""Cross-replica helpers that are no-ops outside a multi-replica ``tf.distribute`` context.
+
+Per-replica code computes *partial* sums scaled by the global batch size (as
+``tf.nn.compute_average_loss`` does); these helpers turn partials into global
+values where a step needs them (the virtual SGD step, the finite mask, rewards).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+__all__ = ["all_sum", "all_true", "batch_mean", "num_replicas"]
+
+
+def _replica_context():
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    return ctx
+
+
+def num_replicas() -> int:
+    """Replicas in sync (1 outside a strategy or in cross-replica context)."""
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+def all_sum(x):
+    """Sums a tensor (or a nest of tensors) over replicas; differentiable (its gradient is an all-sum)."""
+    ctx = _replica_context()
+    return x if ctx is None else ctx.all_reduce(tf.distribute.ReduceOp.SUM, x)
+
+
+def all_true(mask: tf.Tensor) -> tf.Tensor:
+    """Logical AND of a bool mask over replicas."""
+    ctx = _replica_context()
+    if ctx is None:
+        return mask
+    bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(mask), tf.float32))
+    return tf.equal(bad, 0.0)
+
+
+def batch_mean(x: tf.Tensor, global_batch_size: int | None = None, axis: int = 0) -> tf.Tensor:
+    """Mean over the batch axis; with ``global_batch_size``, this replica's partial ``sum / global``."""
+    if global_batch_size is None:
+        return tf.reduce_mean(x, axis=axis)
+    return tf.reduce_sum(x, axis=axis) / tf.cast(global_batch_size, x.dtype)

@@ -1,0 +1,145 @@
+"""Factories from config names to objects; each fails loudly, listing what is allowed."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from slf_tf import data as data_lib
+from slf_tf import losses, models, schedules, selection
+from slf_tf.stochastic_loss import STRATEGIES, CombinedLoss, create_loss
+
+__all__ = [
+    "DISTRIBUTION_STRATEGIES",
+    "OPTIMIZERS",
+    "create_distribution_strategy",
+    "create_loss_from_config",
+    "create_optimizer",
+    "validate_config",
+]
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def create_optimizer(
+    name: str, learning_rate: float, momentum: float = 0.9, weight_decay: float = 0.0, clipnorm=0.0
+):
+    """A Keras optimizer by name (``adam``, ``adamw``, ``sgd`` with momentum, ``rmsprop``)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; known: {list(OPTIMIZERS)}.")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
+    kw: dict[str, Any] = {"learning_rate": learning_rate}
+    if clipnorm:
+        kw["global_clipnorm"] = clipnorm
+    if name == "adam":
+        return keras.optimizers.Adam(**kw)
+    if name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=weight_decay or 1e-4, **kw)
+    if name == "sgd":
+        return keras.optimizers.SGD(momentum=momentum, **kw)
+    return keras.optimizers.RMSprop(**kw)
+
+
+def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """``default`` (one device), ``mirrored`` (all local GPUs, else all logical CPUs), ``multi_worker`` (TF_CONFIG)."""
+    if name not in DISTRIBUTION_STRATEGIES:
+        extra = " Parameter-server training is not supported." if "parameter" in name or name == "ps" else ""
+        raise ValueError(
+            f"Unknown distribution strategy {name!r}; known: {list(DISTRIBUTION_STRATEGIES)}.{extra}"
+        )
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    if "ps" in tf_config.get("cluster", {}):
+        raise ValueError(
+            "TF_CONFIG describes parameter servers ('ps'); parameter-server training is not supported."
+        )
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def temperature_schedule(config) -> schedules.TemperatureSchedule:
+    t = config.loss.temperature
+    if t.kind == "constant":
+        return schedules.ConstantTemperature(t.initial)
+    if t.kind == "exponential":
+        return schedules.ExponentialAnneal(t.initial, t.rate, t.minimum)
+    if t.kind == "cosine":
+        return schedules.CosineAnneal(
+            t.initial, t.minimum, max(1, int(t.get("decay_steps", config.num_train_steps)))
+        )
+    raise ValueError(f"Unknown temperature kind {t.kind!r}; known: ['constant', 'exponential', 'cosine'].")
+
+
+def create_loss_from_config(config, task: str) -> CombinedLoss:
+    """The combined loss of ``config.loss`` for ``task``."""
+    c = config.loss
+    return create_loss(
+        c.strategy,
+        list(c.candidates),
+        task=task,
+        k=c.k,
+        temperature=temperature_schedule(config),
+        estimator=c.estimator,
+        weighting=c.weighting,
+        threshold=c.threshold,
+        decision=c.decision,
+        hidden_units=c.get("hidden_units", 32),
+        normalize=c.normalize,
+        seed=config.seed,
+        loss=c.get("fixed") or None,
+        beta=c.get("softadapt_beta", 10.0),
+        total_steps=config.num_train_steps,
+    )
+
+
+def _positive_int(config, key: str) -> None:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"config.{key} must be an integer >= 1; got {value!r}.")
+
+
+def validate_config(config) -> None:
+    """Checks every name and number a run needs, before any data, model or file is touched."""
+    for key in (
+        "num_train_steps",
+        "batch_size",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+    ):
+        _positive_int(config, key)
+    if config.strategy not in DISTRIBUTION_STRATEGIES:
+        create_distribution_strategy(config.strategy)  # raises with the allowed names
+    name = config.data.name
+    if name not in data_lib.EMBEDDED and name != "mnist" and not name.startswith("tfds:"):
+        raise ValueError(f"Unknown dataset {name!r}; known: {list(data_lib.DATASETS)}.")
+    if config.model.name not in models.MODELS:
+        raise ValueError(f"Unknown model {config.model.name!r}; known: {list(models.MODELS)}.")
+    if config.optimizer.name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {config.optimizer.name!r}; known: {list(OPTIMIZERS)}.")
+    if config.slf.optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown decision optimizer {config.slf.optimizer!r}; known: {list(OPTIMIZERS)}.")
+    if config.loss.strategy not in STRATEGIES:
+        raise ValueError(f"Unknown loss strategy {config.loss.strategy!r}; known: {sorted(STRATEGIES)}.")
+    task = data_lib.EMBEDDED.get(name, "classification")
+    losses.LossBag(list(config.loss.candidates), task=task)  # names, parameters, duplicates
+    selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
+    temperature_schedule(config)
+    if config.slf.method not in ("exact", "finite_difference"):
+        raise ValueError(
+            f"Unknown hypergradient method {config.slf.method!r}; known: ['exact', 'finite_difference']."
+        )
+    _positive_int(config.slf, "decision_every")
+    _positive_int(config.slf, "val_batch_size")
+    if not config.slf.lookahead_lr > 0:
+        raise ValueError(f"config.slf.lookahead_lr must be > 0; got {config.slf.lookahead_lr!r}.")

@@ -1,0 +1,44 @@
+"""Trains a classifier with a combined loss (SLF by default).
+
+    python -m trainers.classify --config configs/digits.py --workdir runs/digits \
+        [--config.loss.strategy=uniform] [--config.loss.k=5]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "ml_collections config file.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, metrics and exports go (resumes if present)."
+)
+flags.mark_flags_as_required(["workdir"])
+
+TASK = "classification"
+
+
+def main(argv):
+    del argv
+    import logging
+
+    import tensorflow as tf
+
+    from slf_tf import data
+    from slf_tf.training import train_and_evaluate
+
+    tf.get_logger().setLevel(logging.WARNING)  # TF's own INFO lines (saver, SavedModel) drown the progress
+
+    config = _CONFIG.value
+    task = data.EMBEDDED.get(config.data.name, "classification")
+    if task != TASK:
+        raise app.UsageError(f"trainers.classify trains {TASK}; dataset {config.data.name!r} is {task}.")
+    train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
