@@ -70,9 +70,7 @@ def _block(out) -> None:
 
 def format_table(headers: list[str], rows: list[list[object]]) -> str:
     """A GitHub-markdown table."""
-    cells = [[str(c) for c in headers]] + [
-        [f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows
-    ]
+    cells = [[str(c) for c in headers]] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")

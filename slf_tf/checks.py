@@ -61,13 +61,11 @@ def check_logits(logits: Any, name: str = "logits") -> tf.Tensor:
     logits = as_tensor(logits)
     if not logits.dtype.is_floating:
         raise ValueError(
-            f"{name} must be floating point (float16, bfloat16, float32, float64); "
-            f"got dtype {logits.dtype.name}."
+            f"{name} must be floating point (float16, bfloat16, float32, float64); got dtype {logits.dtype.name}."
         )
     if logits.shape.rank is not None and logits.shape.rank < 1:
         raise ValueError(
-            f"{name} must have rank >= 1 (the last axis indexes categories); "
-            f"got a scalar of shape {logits.shape}."
+            f"{name} must have rank >= 1 (the last axis indexes categories); got a scalar of shape {logits.shape}."
         )
     return logits
 

@@ -65,11 +65,7 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     def summary(self) -> str:
-        noisy = (
-            ""
-            if self.noise_mask_train is None
-            else f", {self.noise_mask_train.mean():.0%} of train corrupted"
-        )
+        noisy = "" if self.noise_mask_train is None else f", {self.noise_mask_train.mean():.0%} of train corrupted"
         return (
             f"{self.name} ({self.task}): train {len(self.x_train)}, val {len(self.x_val)}, "
             f"test {len(self.x_test)}, input {self.input_shape}"
@@ -209,9 +205,7 @@ def _tfds(name: str, data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray 
     splits = builder.info.splits
     train = tfds.as_numpy(builder.as_dataset(split="train", batch_size=-1, as_supervised=True))
     test = (
-        tfds.as_numpy(builder.as_dataset(split="test", batch_size=-1, as_supervised=True))
-        if "test" in splits
-        else None
+        tfds.as_numpy(builder.as_dataset(split="test", batch_size=-1, as_supervised=True)) if "test" in splits else None
     )
     return train[0], train[1], (test[0] if test else None), (test[1] if test else None)
 
@@ -295,9 +289,7 @@ def load(
     if max_train_examples and max_train_examples < len(x_train):
         x_train, y_train = x_train[:max_train_examples], y_train[:max_train_examples]
     if len(x_train) == 0 or len(x_val) == 0:
-        raise ValueError(
-            f"Dataset {name!r} leaves an empty training or validation split ({len(x)} examples)."
-        )
+        raise ValueError(f"Dataset {name!r} leaves an empty training or validation split ({len(x)} examples).")
     if standardize and image_shape is None:
         mean, std = x_train.mean(0), x_train.std(0) + 1e-6
         x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
@@ -312,9 +304,7 @@ def load(
     else:
         num_classes = 0
         mean_y, std_y = float(np.mean(y_train)), float(np.std(y_train)) + 1e-6
-        y_train, y_val, y_test = (
-            ((np.asarray(a, np.float32) - mean_y) / std_y) for a in (y_train, y_val, y_test)
-        )
+        y_train, y_val, y_test = (((np.asarray(a, np.float32) - mean_y) / std_y) for a in (y_train, y_val, y_test))
         if label_noise:
             raise ValueError("label_noise applies to classification; use outlier_fraction for regression.")
         if outlier_fraction > 0:

@@ -56,9 +56,7 @@ def _forward(model: keras.Model, trainable, non_trainable, x, training: bool):
     return out
 
 
-def _validation_loss(
-    loss: CombinedLoss, model, trainable, non_trainable, x_val, y_val, global_val_batch=None
-):
+def _validation_loss(loss: CombinedLoss, model, trainable, non_trainable, x_val, y_val, global_val_batch=None):
     pred = _forward(model, trainable, non_trainable, x_val, False)
     return distributed.batch_mean(loss.validation_loss(y_val, pred), global_val_batch)
 
@@ -113,9 +111,7 @@ def _lookahead(
         eps = tf.cast(fd_epsilon, norm.dtype) / tf.maximum(norm, tf.cast(1e-12, norm.dtype))
         plus = [wi + tf.cast(eps, wi.dtype) * gi for wi, gi in zip(w, g_val, strict=True)]
         minus = [wi - tf.cast(eps, wi.dtype) * gi for wi, gi in zip(w, g_val, strict=True)]
-        l_plus = distributed.batch_mean(
-            loss.per_example_losses(y, _forward(model, plus, nt, x, True))[0], global_batch
-        )
+        l_plus = distributed.batch_mean(loss.per_example_losses(y, _forward(model, plus, nt, x, True))[0], global_batch)
         l_minus = distributed.batch_mean(
             loss.per_example_losses(y, _forward(model, minus, nt, x, True))[0], global_batch
         )

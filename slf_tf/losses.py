@@ -268,14 +268,10 @@ def parse(spec: str, task: str = "classification") -> tuple[str, dict[str, float
         except SyntaxError as e:
             raise ValueError(f"Cannot parse the parameters of {spec!r}: {e.msg}.") from None
         if call.args:
-            raise ValueError(
-                f"Parameters of {spec!r} must be given as key=value; allowed: {sorted(allowed)}."
-            )
+            raise ValueError(f"Parameters of {spec!r} must be given as key=value; allowed: {sorted(allowed)}.")
         for kw in call.keywords:
             if kw.arg not in allowed:
-                raise ValueError(
-                    f"Loss {name!r} has no parameter {kw.arg!r}; allowed: {sorted(allowed) or 'none'}."
-                )
+                raise ValueError(f"Loss {name!r} has no parameter {kw.arg!r}; allowed: {sorted(allowed) or 'none'}.")
             try:
                 value = ast.literal_eval(kw.value)
             except ValueError:
@@ -286,9 +282,7 @@ def parse(spec: str, task: str = "classification") -> tuple[str, dict[str, float
     for key, (default, valid, rule) in allowed.items():
         params.setdefault(key, default)
         if not (math.isfinite(params[key]) and valid(params[key])):
-            raise ValueError(
-                f"Parameter {key} of loss {name!r} must be {rule}; got {params[key]!r} in {spec!r}."
-            )
+            raise ValueError(f"Parameter {key} of loss {name!r} must be {rule}; got {params[key]!r} in {spec!r}.")
     return name, params
 
 
@@ -335,9 +329,7 @@ def prepare(y_true: Any, y_pred: Any, task: str, from_logits: bool) -> Prepared:
             y_true = y_true[:, None]
         y = tf.cast(y_true, dtype)
         if y.shape[-1] is not None and y_pred.shape[-1] is not None and y.shape[-1] != y_pred.shape[-1]:
-            raise ValueError(
-                f"regression y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}."
-            )
+            raise ValueError(f"regression y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}.")
         return Prepared(y, y_pred, None, None, None)
     # binary
     if rp == 2 and y_pred.shape[-1] == 1:
@@ -350,9 +342,7 @@ def prepare(y_true: Any, y_pred: Any, task: str, from_logits: bool) -> Prepared:
         )
     y = tf.cast(y_true, dtype)
     if from_logits:
-        return Prepared(
-            y, y_pred, tf.math.log_sigmoid(y_pred), tf.sigmoid(y_pred), tf.math.log_sigmoid(-y_pred)
-        )
+        return Prepared(y, y_pred, tf.math.log_sigmoid(y_pred), tf.sigmoid(y_pred), tf.math.log_sigmoid(-y_pred))
     p = tf.clip_by_value(y_pred, _EPS, 1.0 - _EPS)
     return Prepared(y, y_pred - 0.5, tf.math.log(p), y_pred, tf.math.log(1.0 - p))
 

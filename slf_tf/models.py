@@ -19,9 +19,7 @@ MODELS = ("mlp", "cnn", "resnet20")
 
 def _image_input(inputs, image_shape):
     if image_shape is None:
-        raise ValueError(
-            "This model needs image inputs (the dataset has no image_shape); use model.name='mlp'."
-        )
+        raise ValueError("This model needs image inputs (the dataset has no image_shape); use model.name='mlp'.")
     return keras.layers.Reshape(image_shape)(inputs)
 
 

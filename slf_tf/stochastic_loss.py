@@ -120,9 +120,7 @@ class CombinedLoss(keras.losses.Loss):
         self.loss_scale = state((n,), tf.ones, name="loss_scale")
         self.running_log_losses = state((n,), tf.zeros, name="running_log_losses")
         self.running_val_loss = keras.Variable(0.0, trainable=False, name="running_val_loss")
-        self._stats_initialized = keras.Variable(
-            False, dtype="bool", trainable=False, name="stats_initialized"
-        )
+        self._stats_initialized = keras.Variable(False, dtype="bool", trainable=False, name="stats_initialized")
 
     # ------------------------------------------------------------------ API --
 
@@ -240,9 +238,7 @@ class CombinedLoss(keras.losses.Loss):
         """Folds a validation loss into the running mean used by the ``state`` features."""
         value = tf.cast(value, tf.float32)
         d = self.ema_decay
-        new = tf.where(
-            self.running_val_loss.value == 0.0, value, d * self.running_val_loss.value + (1 - d) * value
-        )
+        new = tf.where(self.running_val_loss.value == 0.0, value, d * self.running_val_loss.value + (1 - d) * value)
         self.running_val_loss.assign(tf.where(tf.math.is_finite(value), new, self.running_val_loss.value))
 
     def call(self, y_true, y_pred):
@@ -486,9 +482,7 @@ class SoftAdaptLoss(CombinedLoss):
     def __init__(self, losses: Sequence[str], beta: float = 10.0, **kwargs: Any):
         super().__init__(losses, **kwargs)
         self.beta = float(beta)
-        self.previous_scale = keras.Variable(
-            tf.ones([self.num_losses]), trainable=False, name="previous_scale"
-        )
+        self.previous_scale = keras.Variable(tf.ones([self.num_losses]), trainable=False, name="previous_scale")
 
     @property
     def state_variables(self):
@@ -537,9 +531,7 @@ def create_loss(strategy: str, losses: Sequence[str], **kwargs: Any) -> Combined
     cls = STRATEGIES[strategy]
     if strategy == "softmax":
         kwargs["k"] = "inf"
-    allowed = set(inspect.signature(cls.__init__).parameters) | set(
-        inspect.signature(CombinedLoss.__init__).parameters
-    )
+    allowed = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(CombinedLoss.__init__).parameters)
     if cls in (StochasticLoss, RandomLoss):
         allowed |= set(inspect.signature(StochasticLoss.__init__).parameters)
     return cls(losses, **{k: v for k, v in kwargs.items() if k in allowed})

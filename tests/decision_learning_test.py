@@ -26,9 +26,7 @@ def _digits():
 def _train(bag, steps=300):
     (x, y), (xv, yv), (xt, yt) = _digits()
     keras.utils.set_random_seed(1)  # weight init
-    model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)]
-    )
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
     loss = slf_tf.StochasticLoss(bag, k=1, temperature=1.0, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
     train = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(1000, seed=0).batch(50, drop_remainder=True)

@@ -51,9 +51,7 @@ def test_leave_one_out_is_unbiased():
 
 def test_baselines_reduce_variance():
     none = _per_sample_gradients(estimators.ScoreFunctionEstimator("none"), 50_000, seed=4, num_draws=4)
-    loo = _per_sample_gradients(
-        estimators.ScoreFunctionEstimator("leave_one_out"), 50_000, seed=4, num_draws=4
-    )
+    loo = _per_sample_gradients(estimators.ScoreFunctionEstimator("leave_one_out"), 50_000, seed=4, num_draws=4)
     ma_est = estimators.ScoreFunctionEstimator("moving_average", decay=0.5)
     _per_sample_gradients(ma_est, 1000, seed=5, num_draws=4)
     ma = _per_sample_gradients(ma_est, 50_000, seed=4, num_draws=4)
@@ -78,9 +76,7 @@ def test_moving_average_baseline_excludes_current_sample():
 def test_leave_one_out_needs_two_draws():
     with pytest.raises(ValueError, match="at least 2 draws"):
         estimators.leave_one_out_baseline(tf.zeros([1, 5]))
-    np.testing.assert_allclose(
-        estimators.leave_one_out_baseline(tf.constant([1.0, 2.0, 6.0])), [4.0, 3.5, 1.5]
-    )
+    np.testing.assert_allclose(estimators.leave_one_out_baseline(tf.constant([1.0, 2.0, 6.0])), [4.0, 3.5, 1.5])
 
 
 # --------------------------------------------------------------------------- #
@@ -151,9 +147,7 @@ def _kl_toy(estimator, steps, lr=0.01, seed=0, smoothing=0.0):
     logits = tf.Variable(rng.uniform(size=(5, 5)), dtype=tf.float32)
 
     def true_kl():
-        return float(
-            tf.reduce_mean(tf.reduce_sum(true * (tf.math.log(true) - tf.nn.log_softmax(logits)), -1))
-        )
+        return float(tf.reduce_mean(tf.reduce_sum(true * (tf.math.log(true) - tf.nn.log_softmax(logits)), -1)))
 
     @tf.function
     def run():

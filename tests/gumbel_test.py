@@ -107,9 +107,7 @@ def test_agrees_with_tfp_relaxed_one_hot_categorical():
     for i in range(5):  # marginal of each component, Bonferroni-corrected
         assert scipy.stats.ks_2samp(ours[:, i], theirs[:, i]).pvalue > P_FLOOR / 5, i
     # and the densities agree: our samples' mean TFP log-density is what TFP's own samples get
-    np.testing.assert_allclose(
-        np.mean(dist.log_prob(ours).numpy()), np.mean(dist.log_prob(theirs).numpy()), rtol=0.05
-    )
+    np.testing.assert_allclose(np.mean(dist.log_prob(ours).numpy()), np.mean(dist.log_prob(theirs).numpy()), rtol=0.05)
 
 
 @pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16, tf.float32, tf.float64])

@@ -38,9 +38,7 @@ def _brute_force_j(model, loss, x, y, xv, yv, c):
         pred, _ = model.stateless_call(w, nt, x, training=True)
         total = tf.reduce_sum(c * tf.reduce_mean(loss.bag(y, pred), axis=0))
     g = tape.gradient(total, w)
-    pred_val, _ = model.stateless_call(
-        [a - ETA * b for a, b in zip(w, g, strict=True)], nt, xv, training=False
-    )
+    pred_val, _ = model.stateless_call([a - ETA * b for a, b in zip(w, g, strict=True)], nt, xv, training=False)
     return float(tf.reduce_mean(loss.validation_loss(yv, pred_val)))
 
 
@@ -117,9 +115,7 @@ def test_alpha_gradient_is_the_chain_through_the_sampler():
     grads, _ = hypergrad.decision_gradients(model, loss, x, y, xv, yv, seed=seed, lookahead_lr=ETA)
     with tf.GradientTape() as tape:
         c = loss.select(seed, tf.ones([4], tf.bool)).coefficients
-    d_j_dc, _ = hypergrad.coefficient_gradient(
-        model, loss, x, y, xv, yv, tf.stop_gradient(c), lookahead_lr=ETA
-    )
+    d_j_dc, _ = hypergrad.coefficient_gradient(model, loss, x, y, xv, yv, tf.stop_gradient(c), lookahead_lr=ETA)
     expected = tape.gradient(c, loss.decision_variables, output_gradients=d_j_dc)
     for got, want in zip(grads, expected, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-14)

@@ -47,9 +47,7 @@ def test_inference_is_deterministic_and_training_samples():
     assert not np.allclose(s1, s2)  # the seed generator advances
     assert int(layer.iterations.numpy()) == 2
     # an explicit stateless seed reproduces
-    np.testing.assert_array_equal(
-        layer(logits, training=True, seed=(1, 2)), layer(logits, training=True, seed=(1, 2))
-    )
+    np.testing.assert_array_equal(layer(logits, training=True, seed=(1, 2)), layer(logits, training=True, seed=(1, 2)))
 
 
 def test_argmax_inference_and_hard_training():

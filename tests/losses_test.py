@@ -61,9 +61,7 @@ REGRESSION_TABLE = [
 def test_regression_values(spec, expected):
     y_true = np.array([[1.0, 0.0]])
     y_pred = np.array([[0.5, 2.0]])  # residuals y - f = [0.5, -2]
-    np.testing.assert_allclose(
-        losses.get(spec, task="regression")(y_true, y_pred).numpy(), [expected], rtol=1e-6
-    )
+    np.testing.assert_allclose(losses.get(spec, task="regression")(y_true, y_pred).numpy(), [expected], rtol=1e-6)
 
 
 def test_binary_values():
@@ -73,9 +71,7 @@ def test_binary_values():
     bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     np.testing.assert_allclose(losses.get("bce", task="binary")(y, z), bce, rtol=1e-6)
     p_t = np.where(y == 1, p, 1 - p)
-    np.testing.assert_allclose(
-        losses.get("focal_bce(gamma=2)", task="binary")(y, z), (1 - p_t) ** 2 * bce, rtol=1e-6
-    )
+    np.testing.assert_allclose(losses.get("focal_bce(gamma=2)", task="binary")(y, z), (1 - p_t) ** 2 * bce, rtol=1e-6)
     np.testing.assert_allclose(losses.get("binary_hinge", task="binary")(y, z), [0.7, 0.0], rtol=1e-6)
     np.testing.assert_allclose(
         losses.get("bce", task="binary", from_logits=False)(y[:, None], p[:, None]), bce, rtol=1e-5
@@ -109,9 +105,7 @@ def test_matches_keras(spec, task, keras_loss, from_logits):
         y_true, y_pred = rng.integers(0, 2, size=(32, 1)).astype(float), rng.normal(size=(32, 1)) * 3
         kwargs["from_logits"] = from_logits
     ours = losses.get(spec, task=task, from_logits=bool(from_logits) if from_logits is not None else True)
-    np.testing.assert_allclose(
-        ours(y_true, y_pred), keras_loss(**kwargs)(y_true, y_pred), rtol=2e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(ours(y_true, y_pred), keras_loss(**kwargs)(y_true, y_pred), rtol=2e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("spec", losses.known("classification"))
@@ -119,13 +113,9 @@ def test_matches_keras(spec, task, keras_loss, from_logits):
 def test_classification_gradients_finite_including_probabilities_0_and_1(spec, from_logits):
     rng = np.random.default_rng(1)
     if from_logits:
-        y_pred = np.concatenate(
-            [rng.normal(size=(30, 4)) * 5, [[60.0, -60.0, 0.0, 0.0], [-60.0, 60.0, 0.0, 0.0]]]
-        )
+        y_pred = np.concatenate([rng.normal(size=(30, 4)) * 5, [[60.0, -60.0, 0.0, 0.0], [-60.0, 60.0, 0.0, 0.0]]])
     else:
-        y_pred = np.concatenate(
-            [tf.nn.softmax(rng.normal(size=(30, 4))).numpy(), [[1, 0, 0, 0], [0, 1, 0, 0.0]]]
-        )
+        y_pred = np.concatenate([tf.nn.softmax(rng.normal(size=(30, 4))).numpy(), [[1, 0, 0, 0], [0, 1, 0, 0.0]]])
     y_pred = tf.constant(y_pred, tf.float32)
     y_true = np.concatenate([rng.integers(0, 4, size=30), [0, 0]])
     with tf.GradientTape() as tape:

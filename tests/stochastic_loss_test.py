@@ -33,9 +33,7 @@ def test_k1_selects_exactly_one_loss_per_step(estimator):
 @pytest.mark.parametrize("k", [2, 3])
 def test_k_draws_select_between_one_and_k_with_hard_draws(k):
     loss = slf_tf.StochasticLoss(BAG, k=k, estimator="straight_through")
-    sizes = [
-        float(tf.reduce_sum(loss.select(rng.step_seed(1, s), tf.ones([5], tf.bool)).gate)) for s in range(100)
-    ]
+    sizes = [float(tf.reduce_sum(loss.select(rng.step_seed(1, s), tf.ones([5], tf.bool)).gate)) for s in range(100)]
     assert min(sizes) >= 1 and max(sizes) <= k and len(set(sizes)) > 1
 
 
@@ -217,9 +215,7 @@ def test_compile_fit_with_decision_update_saves_and_reloads(tmp_path):
     x, y = _digits()
     keras.utils.set_random_seed(0)
     loss = slf_tf.StochasticLoss(["cross_entropy", "focal(gamma=2.0)", "mae", "squared_hinge"], k=2, seed=0)
-    model = keras.Sequential(
-        [keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)]
-    )
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
     before = loss.selection_probabilities().numpy()
     update = slf_tf.callbacks.DecisionUpdate(
@@ -247,7 +243,5 @@ def test_compile_fit_with_decision_update_saves_and_reloads(tmp_path):
     path = tmp_path / "model.keras"
     model.save(path)
     reloaded = keras.models.load_model(path)
-    np.testing.assert_allclose(
-        reloaded.predict(x[1300:], verbose=0), model.predict(x[1300:], verbose=0), rtol=1e-6
-    )
+    np.testing.assert_allclose(reloaded.predict(x[1300:], verbose=0), model.predict(x[1300:], verbose=0), rtol=1e-6)
     assert isinstance(reloaded.loss, slf_tf.StochasticLoss) and reloaded.loss.names == loss.names

@@ -14,9 +14,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "ml_collections config file.")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Where checkpoints, metrics and exports go (resumes if present)."
-)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (resumes if present).")
 flags.mark_flags_as_required(["workdir"])
 
 TASK = "classification"

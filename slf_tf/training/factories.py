@@ -26,9 +26,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
-def create_optimizer(
-    name: str, learning_rate: float, momentum: float = 0.9, weight_decay: float = 0.0, clipnorm=0.0
-):
+def create_optimizer(name: str, learning_rate: float, momentum: float = 0.9, weight_decay: float = 0.0, clipnorm=0.0):
     """A Keras optimizer by name (``adam``, ``adamw``, ``sgd`` with momentum, ``rmsprop``)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; known: {list(OPTIMIZERS)}.")
@@ -50,9 +48,7 @@ def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
     """``default`` (one device), ``mirrored`` (all local GPUs, else all logical CPUs), ``multi_worker`` (TF_CONFIG)."""
     if name not in DISTRIBUTION_STRATEGIES:
         extra = " Parameter-server training is not supported." if "parameter" in name or name == "ps" else ""
-        raise ValueError(
-            f"Unknown distribution strategy {name!r}; known: {list(DISTRIBUTION_STRATEGIES)}.{extra}"
-        )
+        raise ValueError(f"Unknown distribution strategy {name!r}; known: {list(DISTRIBUTION_STRATEGIES)}.{extra}")
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -61,9 +57,7 @@ def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(devices=devices)
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     if "ps" in tf_config.get("cluster", {}):
-        raise ValueError(
-            "TF_CONFIG describes parameter servers ('ps'); parameter-server training is not supported."
-        )
+        raise ValueError("TF_CONFIG describes parameter servers ('ps'); parameter-server training is not supported.")
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
@@ -74,9 +68,7 @@ def temperature_schedule(config) -> schedules.TemperatureSchedule:
     if t.kind == "exponential":
         return schedules.ExponentialAnneal(t.initial, t.rate, t.minimum)
     if t.kind == "cosine":
-        return schedules.CosineAnneal(
-            t.initial, t.minimum, max(1, int(t.get("decay_steps", config.num_train_steps)))
-        )
+        return schedules.CosineAnneal(t.initial, t.minimum, max(1, int(t.get("decay_steps", config.num_train_steps))))
     raise ValueError(f"Unknown temperature kind {t.kind!r}; known: ['constant', 'exponential', 'cosine'].")
 
 
@@ -136,9 +128,7 @@ def validate_config(config) -> None:
     selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
     temperature_schedule(config)
     if config.slf.method not in ("exact", "finite_difference"):
-        raise ValueError(
-            f"Unknown hypergradient method {config.slf.method!r}; known: ['exact', 'finite_difference']."
-        )
+        raise ValueError(f"Unknown hypergradient method {config.slf.method!r}; known: ['exact', 'finite_difference'].")
     _positive_int(config.slf, "decision_every")
     _positive_int(config.slf, "val_batch_size")
     if not config.slf.lookahead_lr > 0:

@@ -19,9 +19,7 @@ def _batch_indices(n: int, batch: int, seed: int, stream: int, step: tf.Tensor) 
     per_epoch = max(1, n // batch)
     epoch = step // per_epoch
     position = step % per_epoch
-    keys = tf.random.stateless_uniform(
-        [n], seed=tf.stack([tf.constant(seed, tf.int64) * 7919 + stream, epoch])
-    )
+    keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64) * 7919 + stream, epoch]))
     perm = tf.argsort(keys)
     if n >= batch:
         return perm[position * batch : (position + 1) * batch]

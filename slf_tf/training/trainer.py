@@ -78,18 +78,14 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         self.strategy = factories.create_distribution_strategy(config.strategy)
         self.is_chief = _is_chief(self.strategy)
-        self.data = data_lib.from_config(
-            config.data, seed=config.seed
-        )  # fails fast, before any file is written
+        self.data = data_lib.from_config(config.data, seed=config.seed)  # fails fast, before any file is written
         _prepare_workdir(workdir)
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = config.batch_size
         self.global_val_batch = config.slf.val_batch_size
         for name, b in (("batch_size", self.global_batch), ("slf.val_batch_size", self.global_val_batch)):
             if b % self.replicas:
-                raise ValueError(
-                    f"config.{name}={b} must be divisible by the number of replicas ({self.replicas})."
-                )
+                raise ValueError(f"config.{name}={b} must be divisible by the number of replicas ({self.replicas}).")
         self._build()
 
     # ---------------------------------------------------------------- build --
@@ -109,9 +105,7 @@ class Trainer:
             )
             self.loss: CombinedLoss = factories.create_loss_from_config(c, d.task)
             o = c.optimizer
-            self.opt_w = factories.create_optimizer(
-                o.name, o.learning_rate, o.momentum, o.weight_decay, o.clipnorm
-            )
+            self.opt_w = factories.create_optimizer(o.name, o.learning_rate, o.momentum, o.weight_decay, o.clipnorm)
             self.opt_v = factories.create_optimizer(c.slf.optimizer, c.slf.learning_rate)
             self.opt_w.build(self.model.trainable_variables)
             if self.loss.decision_variables:
@@ -134,12 +128,8 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(**objects)
         ckpt_dir = os.path.join(self.workdir, "checkpoints")
         if not self.is_chief:  # non-chief workers write to a scratch copy that is discarded
-            ckpt_dir = os.path.join(
-                self.workdir, f".worker_{self.strategy.cluster_resolver.task_id}", "checkpoints"
-            )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, ckpt_dir, max_to_keep=c.get("max_checkpoints", 3)
-        )
+            ckpt_dir = os.path.join(self.workdir, f".worker_{self.strategy.cluster_resolver.task_id}", "checkpoints")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=c.get("max_checkpoints", 3))
         self._main_step = tf.function(self._main_step_fn)
         self._full_step = tf.function(self._full_step_fn)
         self._eval_batch = tf.function(self._eval_batch_fn)
@@ -167,9 +157,7 @@ class Trainer:
         raw = distributed.batch_mean(loss.bag_raw_means(per_example), gb)
         metrics = {"loss": objective, "candidate_losses": raw, "grad_skipped": 1.0 - tf.cast(ok, tf.float32)}
         if self.data.task == "classification":
-            correct = tf.cast(
-                tf.equal(tf.argmax(pred, -1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float32
-            )
+            correct = tf.cast(tf.equal(tf.argmax(pred, -1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float32)
             metrics["accuracy"] = tf.reduce_sum(correct) / gb
         else:
             metrics["mae"] = tf.reduce_sum(tf.abs(tf.reshape(pred, [-1]) - tf.cast(y, pred.dtype))) / gb
@@ -201,9 +189,7 @@ class Trainer:
 
     def _after_main(self, per_replica_metrics, per_replica_info):
         s = self.strategy
-        metrics = {
-            k: s.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica_metrics.items()
-        }
+        metrics = {k: s.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica_metrics.items()}
         metrics["grad_skipped"] = self._first(per_replica_metrics["grad_skipped"])
         info = {k: self._first(v) for k, v in per_replica_info.items()}
         info["losses"] = metrics["candidate_losses"]
@@ -324,18 +310,11 @@ class Trainer:
         steps_per_epoch = max(1, len(self.data.x_train) // self.global_batch)
         decision_every = c.slf.decision_every
         learns = self.loss.update_rule != "none"
-        logging.info(
-            "%s; %d replica(s); training steps %d..%d.", self.data.summary(), self.replicas, start, total
-        )
+        logging.info("%s; %d replica(s); training steps %d..%d.", self.data.summary(), self.replicas, start, total)
         iterator = self._iterator(start)
         history_steps: list[int] = []
         history_probs: list[np.ndarray] = []
-        last_counts, last_log_step, t0, t_last = (
-            self.loss.selection_counts.numpy(),
-            start,
-            time.time(),
-            time.time(),
-        )
+        last_counts, last_log_step, t_last = self.loss.selection_counts.numpy(), start, time.time()
         metrics: dict[str, Any] = {}
         killed_at = c.get("debug_kill_at_step", -1)
         for step in range(start, total):
@@ -354,11 +333,7 @@ class Trainer:
                 scalars = {f"train/{k}": v for k, v in metrics.items() if not k.startswith("decision/")}
                 scalars.pop("train/candidate_losses", None)
                 scalars.update(
-                    {
-                        f"slf/{k[len('decision/') :]}": v
-                        for k, v in metrics.items()
-                        if k.startswith("decision/")
-                    }
+                    {f"slf/{k[len('decision/') :]}": v for k, v in metrics.items() if k.startswith("decision/")}
                 )
                 scalars.update(self._slf_scalars(t, last_counts, last_log_step))
                 scalars["train/steps_per_second"] = rate
