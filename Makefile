@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: run demo test test-slow lint format bench clean
+.PHONY: install run demo test test-slow lint format bench clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,8 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
-run: demo
+run: $(STAMP)
+	$(PY) -m trainers.classify --config configs/digits.py --workdir runs/digits
 
 demo: $(STAMP)
 	$(PY) -m trainers.gumbel_demo --workdir runs/gumbel_demo

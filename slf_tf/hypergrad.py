@@ -257,9 +257,8 @@ def decision_gradients(
         metrics["scores"] = distributed.all_sum(scores)
     else:
         grads = []
-    metrics["hypergrad_norm"] = (
-        tf.sqrt(distributed.all_sum(tf.square(tf.linalg.global_norm(grads)))) if grads else tf.zeros([])
-    )
+    # The norm of the summed (global) gradient; the optimizer all-reduces the partials itself.
+    metrics["hypergrad_norm"] = tf.linalg.global_norm(distributed.all_sum(grads)) if grads else tf.zeros([])
     return grads, metrics
 
 

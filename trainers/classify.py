@@ -22,20 +22,16 @@ TASK = "classification"
 
 def main(argv):
     del argv
-    import logging
-
-    import tensorflow as tf
-
     from slf_tf import data
-    from slf_tf.training import train_and_evaluate
+    from slf_tf.training import trainer
 
-    tf.get_logger().setLevel(logging.WARNING)  # TF's own INFO lines (saver, SavedModel) drown the progress
+    trainer.quiet_library_logs()
 
     config = _CONFIG.value
     task = data.EMBEDDED.get(config.data.name, "classification")
     if task != TASK:
         raise app.UsageError(f"trainers.classify trains {TASK}; dataset {config.data.name!r} is {task}.")
-    train_and_evaluate(config, _WORKDIR.value)
+    trainer.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

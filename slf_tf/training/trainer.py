@@ -31,7 +31,7 @@ from slf_tf import distributed, hypergrad, models, rng
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.training import factories, input_pipeline, summaries
 
-__all__ = ["Trainer", "train_and_evaluate"]
+__all__ = ["Trainer", "format_report", "quiet_library_logs", "train_and_evaluate"]
 
 
 def _tag(name: str) -> str:
@@ -124,6 +124,13 @@ class Trainer:
             "opt_v": self.opt_v,
             "loss_state": {f"s{i}": v for i, v in enumerate(self.loss.state_variables)},
             "decision": {f"v{i}": v for i, v in enumerate(self.loss.decision_variables)},
+            "trainer_state": {
+                "window_probability": self.window_probability,
+                "window_weight": self.window_weight,
+                "window_steps": self.window_steps,
+                "last_scores": self.last_scores,
+                "last_hypergrad_norm": self.last_hypergrad_norm,
+            },
         }
         self.checkpoint = tf.train.Checkpoint(**objects)
         ckpt_dir = os.path.join(self.workdir, "checkpoints")
@@ -423,6 +430,18 @@ def format_report(results: dict[str, Any], workdir: str) -> str:
         lines.append(f"  {name:<{width}} {d['selection_probability']:>17.3f} {d['weight']:>12.3f}")
     lines.append(f"TensorBoard:  tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
     return "\n".join(lines)
+
+
+def quiet_library_logs() -> None:
+    """Hides TensorFlow's and Keras' own INFO lines (saver, SavedModel) so the progress lines stay readable."""
+    import logging as py_logging
+
+    def keep(record: py_logging.LogRecord) -> bool:
+        noisy = f"{os.sep}tensorflow{os.sep}" in record.pathname or f"{os.sep}keras{os.sep}" in record.pathname
+        return record.levelno >= py_logging.WARNING or not noisy
+
+    py_logging.getLogger("absl").addFilter(keep)
+    tf.get_logger().setLevel(py_logging.WARNING)
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:

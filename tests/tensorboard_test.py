@@ -1,0 +1,51 @@
+"""Slow: serve a finished run with the real `tensorboard` and find the slf/* tags over its HTTP API."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from configs import test as test_config
+from slf_tf.training import Trainer
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_slf_scalars(tmp_path):
+    workdir = str(tmp_path / "run")
+    Trainer(test_config.get_config(), workdir).run()
+    port = _free_port()
+    exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    proc = subprocess.Popen(
+        [exe, "--logdir", os.path.join(workdir, "tensorboard"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/data/plugin/scalars/tags"
+        tags, deadline = {}, time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    tags = json.load(r)
+                if tags:
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        run_tags = set().union(*(set(v) for v in tags.values())) if tags else set()
+        assert "slf/selection_probability/cross_entropy" in run_tags, sorted(run_tags)[:20]
+        assert "slf/temperature" in run_tags and "train/loss" in run_tags
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,196 @@
+"""End-to-end tests of the trainer: files, TensorBoard tags, tracing, export, strategies, resume, bad input."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from configs import test as test_config
+from slf_tf.training import Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+    config = test_config.get_config()
+    for key, value in overrides.items():
+        node = config
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    trainer = Trainer(_config(), workdir)
+    results = trainer.run()
+    return trainer, results, workdir
+
+
+def test_run_writes_metrics_events_checkpoints_and_exports(finished_run):
+    trainer, results, workdir = finished_run
+    for name in ("config.json", "metrics.jsonl", "results.json"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "train/loss" in r] == [5, 10, 15, 20]
+    for row in rows:
+        assert all(np.isfinite(v) for k, v in row.items() if k != "step"), row
+    assert json.load(open(os.path.join(workdir, "config.json")))["num_train_steps"] == 20
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(workdir, "checkpoints", "ckpt-*.index"))) == [
+        "ckpt-10.index",
+        "ckpt-20.index",
+    ]
+    assert os.path.exists(os.path.join(workdir, "export", "model.keras"))
+    assert os.path.exists(os.path.join(workdir, "export", "saved_model", "saved_model.pb"))
+    assert 0.0 <= results["test"]["accuracy"] <= 1.0 and np.isfinite(results["test"]["loss"])
+    for w in trainer.model.trainable_variables + trainer.loss.decision_variables:
+        assert np.all(np.isfinite(w.numpy()))
+
+
+def test_event_files_hold_slf_tags(finished_run):
+    _, _, workdir = finished_run
+    acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = set(tags["tensors"])
+    for candidate in ("cross_entropy", "focal_gamma_2.0", "mae"):
+        for quantity in ("loss", "selection_probability", "selection_frequency", "weight", "coefficient", "score"):
+            assert f"slf/{quantity}/{candidate}" in scalars, (quantity, candidate)
+    for tag in ("slf/temperature", "slf/hypergrad_norm", "slf/masked_count", "train/loss", "eval/val_accuracy"):
+        assert tag in scalars, tag
+    assert "slf/alpha" in scalars  # histogram (stored as a tensor summary in TF2)
+    assert "slf/selection_heatmap" in scalars  # image summary
+    values = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("slf/selection_probability/mae")]
+    assert len(values) == 4 and all(0 <= v <= 1 for v in values)
+
+
+def test_steps_trace_once(finished_run):
+    trainer, _, _ = finished_run
+    assert trainer._main_step.experimental_get_tracing_count() == 1
+    assert trainer._full_step.experimental_get_tracing_count() == 1
+
+
+def test_exported_models_reload_with_same_predictions(finished_run):
+    trainer, _, workdir = finished_run
+    x = trainer.data.x_test[:50]
+    expected = trainer.model.predict(x, verbose=0)
+    reloaded = keras.models.load_model(os.path.join(workdir, "export", "model.keras"))
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
+    saved = tf.saved_model.load(os.path.join(workdir, "export", "saved_model"))
+    np.testing.assert_allclose(saved.serve(tf.constant(x)).numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def _final_weights(trainer):
+    return [w.numpy() for w in trainer.model.trainable_variables + trainer.loss.decision_variables]
+
+
+def test_mirrored_on_two_cpus_matches_one_device(tmp_path):
+    assert len(tf.config.list_logical_devices("CPU")) == 2  # set up in conftest.py
+    single = Trainer(_config(), str(tmp_path / "single"))
+    single_results = single.run()
+    mirrored = Trainer(_config(strategy="mirrored"), str(tmp_path / "mirrored"))
+    assert mirrored.strategy.num_replicas_in_sync == 2
+    mirrored_results = mirrored.run()
+    rows = [
+        [json.loads(line) for line in open(os.path.join(str(tmp_path / name), "metrics.jsonl"))]
+        for name in ("single", "mirrored")
+    ]
+    for a, b in zip(*rows, strict=True):
+        for key in a:
+            if key.startswith(("train/", "slf/", "eval/")) and key != "train/steps_per_second":
+                np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(mirrored_results["test"]["loss"], single_results["test"]["loss"], rtol=1e-5)
+    for a, b in zip(_final_weights(single), _final_weights(mirrored), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _run_trainer(workdir, *overrides, check=True):
+    cmd = [sys.executable, "-m", "trainers.classify", "--config=configs/test.py", f"--workdir={workdir}"]
+    cmd += [f"--config.{o}" for o in overrides]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"trainer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _saved_weights(workdir):
+    model = keras.models.load_model(os.path.join(workdir, "export", "model.keras"))
+    return [w.numpy() for w in model.trainable_variables]
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    _run_trainer(straight, "deterministic=True")
+    killed = _run_trainer(resumed, "deterministic=True", "debug_kill_at_step=10", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
+    assert os.path.exists(os.path.join(resumed, "checkpoints", "ckpt-10.index"))
+    assert not os.path.exists(os.path.join(resumed, "export"))
+    _run_trainer(resumed, "deterministic=True")
+    for a, b in zip(_saved_weights(straight), _saved_weights(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    a = json.load(open(os.path.join(straight, "results.json")))
+    b = json.load(open(os.path.join(resumed, "results.json")))
+    assert a["test"] == b["test"] and a["decision"] == b["decision"]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"data.name": "cifar"}, r"Unknown dataset 'cifar'; known: \['digits'"),
+        ({"model.name": "vgg"}, r"Unknown model 'vgg'; known: \['mlp', 'cnn', 'resnet20'\]"),
+        ({"loss.strategy": "best"}, r"Unknown loss strategy 'best'; known: \['fixed'"),
+        ({"loss.candidates": ("cross_entropy", "dice")}, r"Unknown classification loss 'dice'; known"),
+        ({"strategy": "tpu"}, r"Unknown distribution strategy 'tpu'; known: \['default', 'mirrored'"),
+        ({"strategy": "parameter_server"}, "Parameter-server training is not supported"),
+        ({"optimizer.name": "lion"}, r"Unknown optimizer 'lion'; known: \['adam'"),
+        ({"slf.optimizer": "lion"}, "Unknown decision optimizer 'lion'"),
+        ({"loss.k": 0}, 'k must be an integer >= 1 or "inf"; got 0'),
+        ({"loss.temperature.initial": 0.0}, "initial must be a finite number > 0; got 0.0"),
+        ({"num_train_steps": 0}, "config.num_train_steps must be an integer >= 1; got 0"),
+        ({"data.name": "mnist", "data.data_dir": "/nonexistent"}, "MNIST needs data_dir pointing at a directory"),
+        ({"data.name": "tfds:fashion_mnist"}, "tfds:fashion_mnist"),
+    ],
+)
+def test_bad_config_fails_fast_and_touches_nothing(tmp_path, overrides, match):
+    workdir = tmp_path / "workdir"
+    with pytest.raises(ValueError, match=match):
+        Trainer(_config(**overrides), str(workdir))
+    assert not workdir.exists()
+
+
+def test_mnist_dir_without_idx_files(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"lacks the MNIST IDX file\(s\) \['train-labels-idx1-ubyte'"):
+        Trainer(_config(**{"data.name": "mnist", "data.data_dir": str(tmp_path)}), str(tmp_path / "w"))
+
+
+def test_unwritable_workdir_and_existing_files_survive(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    with pytest.raises(ValueError, match="Cannot write to workdir"):
+        Trainer(_config(), str(blocker / "workdir"))
+    assert blocker.read_text() == "keep me"
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError):
+        Trainer(_config(**{"model.name": "vgg"}), str(workdir))
+    assert (workdir / "notes.txt").read_text() == "mine" and sorted(os.listdir(workdir)) == ["notes.txt"]
+
+
+def test_config_override_type_error_is_reported_quickly(tmp_path):
+    proc = _run_trainer(str(tmp_path / "w"), "num_train_steps=abc", check=False)
+    assert proc.returncode != 0
+    assert "num_train_steps" in proc.stderr and "abc" in proc.stderr
+    assert not (tmp_path / "w").exists()
