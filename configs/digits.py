@@ -3,9 +3,12 @@
 Run:  make run
   or  python -m trainers.classify --config configs/digits.py --workdir runs/digits
 Baselines: add --config.loss.strategy=fixed|uniform|random|softmax|uncertainty|softadapt
-Runtime: about 1 minute on a 2-core CPU (1,500 steps, hypergradient every step).
-Expected: test accuracy about 0.97; the decision network moves away from the
-noise-robust but slow candidates (mae, gce) towards cross-entropy-like ones.
+Runtime: about 30 s on a 2-core CPU after the one-time install (1,500 steps of 64,
+the exact hypergradient every step; ~10 s of it is tracing).
+Expected (seed 0, measured): test accuracy 0.964; over the last epoch the decision
+network selects focal(gamma=2.0) almost always (P = 1.00) and the rest rarely
+(cross_entropy 0.05, the others <= 0.03). Rerunning with the same workdir resumes
+from its last checkpoint; delete the workdir to start over.
 """
 
 import ml_collections

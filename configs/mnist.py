@@ -4,8 +4,8 @@ Run:  python -m trainers.classify --config configs/mnist.py --workdir runs/mnist
           --config.data.data_dir=/path/to/mnist
 (on this project's machines a copy lives in ../shared/data/mnist)
 Options: --config.model.name=cnn for the small CNN; --config.data.label_noise=0.4 for noisy labels.
-Runtime: about 3 minutes on a 2-core CPU (MLP, 3,000 steps of 128).
-Expected: test accuracy about 0.97 (MLP).
+Runtime: about 1 minute on a 2-core CPU (MLP, 3,000 steps of 128, hypergradient every 5 steps).
+Expected: test accuracy about 0.98 (MLP; measured 0.982).
 """
 
 from configs import digits

@@ -265,6 +265,8 @@ def load(
     elif name == "mnist":
         task = "classification"
         x, y, x_test, y_test = load_mnist_dir(data_dir)
+        if len(x) == 0:
+            raise ValueError(f"Dataset 'mnist' in {data_dir} is empty (0 training images).")
         x, x_test = x.reshape(len(x), -1) / 255.0, x_test.reshape(len(x_test), -1) / 255.0
         image_shape = (28, 28, 1)
     elif name.startswith("tfds:"):
