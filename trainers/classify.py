@@ -13,7 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "ml_collections config file.")
+import configs  # noqa: E402  (the default config ships inside the package)
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(configs.__file__), "digits.py"), "ml_collections config file."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (resumes if present).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -34,5 +38,10 @@ def main(argv):
     trainer.train_and_evaluate(config, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point (``slf-classify``)."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

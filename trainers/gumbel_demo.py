@@ -24,5 +24,10 @@ def main(argv):
     logging.info("Saved %s", path)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console entry point (``slf-gumbel-demo``)."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()
