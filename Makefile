@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: install run demo test test-slow lint format bench clean
+.PHONY: install run demo test test-slow lint format bench bazel-test clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.sampler --rounds 20
+
+# Bazel (offline: see third_party/bazel/README.md). Installs Debian's bazel-bootstrap 4.2.3 if missing.
+bazel-test: $(STAMP)
+	command -v bazel >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bazel-bootstrap; }
+	PYTHON_BIN_PATH=$(CURDIR)/$(PY) bazel test --test_size_filters=small,medium --test_tag_filters=-slow //:all
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
