@@ -40,6 +40,7 @@ __all__ = [
     "apply_decision_update",
     "coefficient_gradient",
     "decision_gradients",
+    "fused_step",
     "record_decision_metrics",
 ]
 
@@ -88,7 +89,8 @@ def _lookahead(
     with tf.GradientTape(watch_accessed_variables=False) as outer:
         with tf.GradientTape(watch_accessed_variables=False) as inner:
             inner.watch(w)
-            per_example, finite = loss.per_example_losses(y, _forward(model, w, nt, x, True))
+            pred, new_nt, reg_losses = model.stateless_call(w, nt, x, training=True, return_losses=True)
+            per_example, finite = loss.per_example_losses(y, pred)
             finite = distributed.all_true(finite)
             per_example = tf.where(finite[None], per_example, tf.zeros_like(per_example))
             losses = distributed.batch_mean(per_example, global_batch)
@@ -96,7 +98,11 @@ def _lookahead(
             if method == "exact":
                 outer.watch(c)
             l_slf = tf.reduce_sum(c * losses)
-        grads = distributed.all_sum(inner.gradient(l_slf, w, unconnected_gradients="zero"))
+            if reg_losses:
+                l_slf += tf.cast(tf.add_n(reg_losses), l_slf.dtype) / distributed.num_replicas()
+        # This replica's gradient of the SLF objective: the main step's gradient too (fused_step).
+        main_grads = inner.gradient(l_slf, w, unconnected_gradients="zero")
+        grads = distributed.all_sum(main_grads)
         w_virtual = [wi - tf.cast(eta, wi.dtype) * gi for wi, gi in zip(w, grads, strict=True)]
         if method == "exact":
             j = _validation_loss(loss, model, w_virtual, nt, x_val, y_val, global_val_batch)
@@ -123,6 +129,11 @@ def _lookahead(
         "losses": losses,
         "finite": finite,
         "w_virtual": w_virtual,
+        "main_objective": l_slf,
+        "main_grads": main_grads,
+        "pred": pred,
+        "per_example": per_example,
+        "non_trainable": new_nt,
     }
 
 
@@ -175,7 +186,8 @@ def decision_gradients(
     fd_epsilon: float = 1e-3,
     global_batch: int | None = None,
     global_val_batch: int | None = None,
-) -> tuple[list[tf.Tensor], dict[str, tf.Tensor]]:
+    with_lookahead: bool = False,
+):
     """Gradients for ``loss.decision_variables`` and metrics, by the loss's update rule.
 
     Args:
@@ -191,10 +203,14 @@ def decision_gradients(
         batch sizes; the returned gradients are then this replica's partial sums
         (the optimizer's all-reduce adds them up), metrics are global.
 
+      with_lookahead: also return the lookahead's intermediate results (the
+        main gradient, predictions, selection), which :func:`fused_step` reuses.
+
     Returns:
-      ``(grads, metrics)``. State updates that follow from the metrics (running
-      validation loss, reward baseline) are left to :func:`record_decision_metrics`,
-      to be called in cross-replica context.
+      ``(grads, metrics)`` (plus the lookahead dict with ``with_lookahead``). State
+      updates that follow from the metrics (running validation loss, reward
+      baseline) are left to :func:`record_decision_metrics`, to be called in
+      cross-replica context.
     """
     _check_method(method)
     variables = loss.decision_variables
@@ -259,7 +275,52 @@ def decision_gradients(
         grads = []
     # The norm of the summed (global) gradient; the optimizer all-reduces the partials itself.
     metrics["hypergrad_norm"] = tf.linalg.global_norm(distributed.all_sum(grads)) if grads else tf.zeros([])
+    if with_lookahead:
+        if loss.update_rule != "hypergradient":
+            raise ValueError(f"with_lookahead needs a hypergradient loss; {loss.strategy!r} has none.")
+        out["selection"] = holder["selection"]
+        return grads, metrics, out
     return grads, metrics
+
+
+def _apply_if_finite(optimizer, grads, variables) -> tf.Tensor:
+    """Applies ``grads`` where all are finite on every replica, else zeros; returns the skip flag."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    finite = distributed.all_true(finite[None])[0]
+    optimizer.apply_gradients(zip([tf.where(finite, g, tf.zeros_like(g)) for g in grads], variables, strict=True))
+    return tf.cast(tf.logical_not(finite), tf.float32)
+
+
+def fused_step(
+    model: keras.Model,
+    loss: CombinedLoss,
+    main_optimizer: keras.optimizers.Optimizer,
+    decision_optimizer: keras.optimizers.Optimizer,
+    x,
+    y,
+    x_val,
+    y_val,
+    **kwargs: Any,
+) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+    """One training step with the decision update fused in: one forward/backward of the train batch.
+
+    The gradient of ``sum_i c_i L_i`` at the current weights ``w`` is computed
+    once, under the outer tape of the hypergradient; it moves the main network
+    (``main_optimizer``) and defines the virtual step ``w' = w - eta g`` of the
+    decision update (``decision_optimizer``), which therefore uses the very
+    coefficients ``c`` the main step used. Compared with a main step followed by a
+    separate hypergradient at the updated weights, this saves one forward and one
+    backward pass of the train batch.
+
+    Returns ``(out, metrics)``: the lookahead results (``pred``, ``per_example``,
+    ``selection``, ``finite``, ``main_objective``, ``main_skipped``) and the decision metrics.
+    """
+    grads_v, metrics, out = decision_gradients(model, loss, x, y, x_val, y_val, with_lookahead=True, **kwargs)
+    out["main_skipped"] = _apply_if_finite(main_optimizer, out["main_grads"], model.trainable_variables)
+    for variable, value in zip(model.non_trainable_variables, out["non_trainable"], strict=True):
+        variable.assign(value)  # e.g. batch-norm statistics of the training forward
+    metrics["skipped"] = _apply_if_finite(decision_optimizer, grads_v, loss.decision_variables)
+    return out, metrics
 
 
 def record_decision_metrics(loss: CombinedLoss, metrics: dict[str, tf.Tensor]) -> None:
@@ -290,11 +351,7 @@ def apply_decision_update(
     """
     grads, metrics = decision_gradients(model, loss, x, y, x_val, y_val, **kwargs)
     if grads:
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        finite = distributed.all_true(finite[None])[0]
-        safe = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
-        optimizer.apply_gradients(zip(safe, loss.decision_variables, strict=True))
-        metrics["skipped"] = tf.cast(tf.logical_not(finite), tf.float32)
+        metrics["skipped"] = _apply_if_finite(optimizer, grads, loss.decision_variables)
     if record:
         record_decision_metrics(loss, metrics)
     return metrics

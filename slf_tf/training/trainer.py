@@ -3,9 +3,11 @@
 Per step (one ``tf.function`` under the configured ``tf.distribute`` strategy):
   1. sample ``c(v)`` with noise from ``(seed, step)``; forward the train batch;
      candidate losses (non-finite ones masked and counted);
-  2. main tape: ``grad_w sum_i c_i L_i`` -> main optimizer (all-reduced);
+  2. main tape: ``g = grad_w sum_i c_i L_i`` -> main optimizer (all-reduced);
   3. every ``decision_every`` steps, on a validation batch: the hypergradient of
-     :mod:`slf_tf.hypergrad` -> decision optimizer.
+     :mod:`slf_tf.hypergrad` -> decision optimizer. Its virtual step
+     ``w' = w - eta g`` reuses the gradient of step 2 (one forward/backward of the
+     train batch per step, not two: :func:`slf_tf.hypergrad.fused_step`).
 Both optimizers are built before the first trace (lazily built ones retrace, and
 under MirroredStrategy the hypergradient step then fails with a placeholder error).
 Steps 1-2 and 1-3 are two traced functions, each traced once.
@@ -71,14 +73,17 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
 class Trainer:
     """Everything one run needs, built from a config; :meth:`run` trains, evaluates and exports."""
 
-    def __init__(self, config, workdir: str):
+    def __init__(self, config, workdir: str, dataset: data_lib.Dataset | None = None):
+        """Args: config (see configs/digits.py), workdir, and optionally a ready ``dataset``
+        (used instead of ``config.data``, e.g. by benchmarks with synthetic inputs)."""
         factories.validate_config(config)
         self.config, self.workdir = config, workdir
         if config.get("deterministic", False):
             tf.config.experimental.enable_op_determinism()
         self.strategy = factories.create_distribution_strategy(config.strategy)
         self.is_chief = _is_chief(self.strategy)
-        self.data = data_lib.from_config(config.data, seed=config.seed)  # fails fast, before any file is written
+        # Loaded before the workdir is touched, so a missing dataset fails fast and writes nothing.
+        self.data = dataset if dataset is not None else data_lib.from_config(config.data, seed=config.seed)
         _prepare_workdir(workdir)
         self.replicas = self.strategy.num_replicas_in_sync
         self.global_batch = config.batch_size
@@ -157,12 +162,14 @@ class Trainer:
             if model.losses:
                 objective += tf.add_n(model.losses) / self.replicas
         grads = tape.gradient(objective, model.trainable_variables)
-        ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-        ok = distributed.all_true(ok[None])[0]
-        grads = [tf.where(ok, g, tf.zeros_like(g)) for g in grads]  # never write NaN into weights
-        self.opt_w.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-        raw = distributed.batch_mean(loss.bag_raw_means(per_example), gb)
-        metrics = {"loss": objective, "candidate_losses": raw, "grad_skipped": 1.0 - tf.cast(ok, tf.float32)}
+        skipped = hypergrad._apply_if_finite(self.opt_w, grads, model.trainable_variables)  # never NaN weights
+        return self._main_outputs(y, pred, per_example, objective, skipped, sel, finite)
+
+    def _main_outputs(self, y, pred, per_example, objective, skipped, sel, finite):
+        """Per-replica partial metrics of the main step and the selection it used."""
+        gb = self.global_batch
+        raw = distributed.batch_mean(self.loss.bag_raw_means(per_example), gb)
+        metrics = {"loss": objective, "candidate_losses": raw, "grad_skipped": skipped}
         if self.data.task == "classification":
             correct = tf.cast(tf.equal(tf.argmax(pred, -1, output_type=tf.int32), tf.cast(y, tf.int32)), tf.float32)
             metrics["accuracy"] = tf.reduce_sum(correct) / gb
@@ -171,25 +178,39 @@ class Trainer:
         info = {"finite": finite, "coefficients": sel.coefficients, "gate": sel.gate, "weights": sel.weights}
         return metrics, info
 
-    def _decision_replica(self, step, x, y, x_val, y_val):
+    def _decision_kwargs(self, step) -> dict[str, Any]:
         c = self.config.slf
+        return {
+            "seed": rng.step_seed(self.config.seed, step),
+            "lookahead_lr": c.lookahead_lr,
+            "method": c.method,
+            "entropy_weight": c.get("entropy_weight", 0.0),
+            "fd_epsilon": c.get("fd_epsilon", 1e-3),
+            "global_batch": self.global_batch,
+            "global_val_batch": self.global_val_batch,
+        }
+
+    def _decision_replica(self, step, x, y, x_val, y_val):
+        """A decision update on its own (update rules other than the hypergradient)."""
         return hypergrad.apply_decision_update(
-            self.model,
-            self.loss,
-            self.opt_v,
-            x,
-            y,
-            x_val,
-            y_val,
-            record=False,
-            seed=rng.step_seed(self.config.seed, step),
-            lookahead_lr=c.lookahead_lr,
-            method=c.method,
-            entropy_weight=c.get("entropy_weight", 0.0),
-            fd_epsilon=c.get("fd_epsilon", 1e-3),
-            global_batch=self.global_batch,
-            global_val_batch=self.global_val_batch,
+            self.model, self.loss, self.opt_v, x, y, x_val, y_val, record=False, **self._decision_kwargs(step)
         )
+
+    def _fused_replica(self, step, x, y, x_val, y_val):
+        """Main step and hypergradient sharing one forward/backward of the train batch."""
+        out, decision_metrics = hypergrad.fused_step(
+            self.model, self.loss, self.opt_w, self.opt_v, x, y, x_val, y_val, **self._decision_kwargs(step)
+        )
+        metrics, info = self._main_outputs(
+            y,
+            out["pred"],
+            out["per_example"],
+            out["main_objective"],
+            out["main_skipped"],
+            out["selection"],
+            out["finite"],
+        )
+        return metrics, info, decision_metrics
 
     def _first(self, value):
         return self.strategy.experimental_local_results(value)[0]
@@ -218,10 +239,14 @@ class Trainer:
 
     def _full_step_fn(self, iterator):
         step, x, y, x_val, y_val = next(iterator)
-        m, info = self.strategy.run(self._main_replica, args=(step, x, y))
-        metrics = self._after_main(m, info)
-        with tf.control_dependencies(list(metrics.values())):
-            d = self.strategy.run(self._decision_replica, args=(step, x, y, x_val, y_val))
+        if self.loss.update_rule == "hypergradient":
+            m, info, d = self.strategy.run(self._fused_replica, args=(step, x, y, x_val, y_val))
+            metrics = self._after_main(m, info)
+        else:
+            m, info = self.strategy.run(self._main_replica, args=(step, x, y))
+            metrics = self._after_main(m, info)
+            with tf.control_dependencies(list(metrics.values())):
+                d = self.strategy.run(self._decision_replica, args=(step, x, y, x_val, y_val))
         d = {k: self._first(v) for k, v in d.items()}
         hypergrad.record_decision_metrics(self.loss, d)
         ops = [self.last_hypergrad_norm.assign(tf.cast(d["hypergrad_norm"], tf.float32))]

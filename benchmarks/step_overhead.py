@@ -1,0 +1,202 @@
+"""Per-step cost of SLF relative to a plain cross-entropy step, side by side in one process.
+
+Run:  python -m benchmarks.step_overhead [--rounds 15] [--out benchmarks/results]
+Models: the MLP on digits (64 features) and the small CNN on MNIST-shaped inputs
+(synthetic 28x28 images, 10 classes), batch 128. Variants, interleaved per round:
+  ce            a plain tf.function step: forward, cross-entropy, Adam
+  bag_frozen    the trainer's step with the bag of 6 candidates, decision network frozen
+  exact_every1  + the exact hypergradient every step
+  fd_every1     + the finite-difference hypergradient every step
+  exact_every10 + the exact hypergradient every 10 steps (mean over the 10-step cycle)
+Goals (CPU): bag <= 1.15x, exact every 10 <= 1.3x, exact every step <= 2.5x on the
+CNN, finite difference <= exact. Medians over rounds; traces per step function.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from benchmarks import harness  # noqa: E402
+from configs import digits as digits_config  # noqa: E402
+from slf_tf import data as data_lib  # noqa: E402
+from slf_tf.training import Trainer  # noqa: E402
+from slf_tf.training import trainer as trainer_lib  # noqa: E402
+
+_ROUNDS = flags.DEFINE_integer("rounds", 15, "Timing rounds (medians are over these).")
+_STEPS = flags.DEFINE_integer("steps", 20, "Steps per variant per round (a multiple of 10).")
+_OUT = flags.DEFINE_string("out", "benchmarks/results", "Where step_overhead.md / .json go.")
+BATCH = 128
+
+
+def _synthetic_mnist(n: int = 4096) -> data_lib.Dataset:
+    r = np.random.default_rng(0)
+    x = r.random((n, 784), dtype=np.float32)
+    y = r.integers(0, 10, n).astype(np.int32)
+    return data_lib.Dataset(
+        "mnist_shaped", "classification", x, y, x[:1024], y[:1024], x[:256], y[:256], 10, (28, 28, 1)
+    )
+
+
+def _config(model: str, method: str = "exact", decision_every: int = 1):
+    c = digits_config.get_config()
+    c.model.name = model
+    c.batch_size = BATCH
+    c.num_train_steps = 10**6
+    c.slf.method = method
+    c.slf.decision_every = decision_every
+    c.slf.val_batch_size = BATCH
+    return c
+
+
+class _Variant:
+    """A callable that runs ``n`` training steps of one variant."""
+
+    def __init__(self, name: str, run_steps, traced):
+        self.name, self.run_steps, self.traced = name, run_steps, traced
+
+
+def _plain_ce(model_name: str, dataset: data_lib.Dataset) -> _Variant:
+    keras.utils.set_random_seed(0)
+    from slf_tf import models
+
+    model = models.create_model(model_name, dataset.input_shape, 10, image_shape=dataset.image_shape)
+    opt = keras.optimizers.Adam(1e-3)
+    opt.build(model.trainable_variables)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x = tf.constant(dataset.x_train)
+    y = tf.constant(dataset.y_train)
+    ds = iter(tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(BATCH, drop_remainder=True).prefetch(4))
+
+    @tf.function
+    def step(iterator):
+        xb, yb = next(iterator)
+        with tf.GradientTape() as tape:
+            loss = ce(yb, model(xb, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss
+
+    def run(n):
+        out = None
+        for _ in range(n):
+            out = step(ds)
+        return out
+
+    return _Variant("ce", run, lambda: {"step": step.experimental_get_tracing_count()})
+
+
+def _trainer_variant(name: str, config, dataset, decision_every: int | None) -> _Variant:
+    trainer = Trainer(config, tempfile.mkdtemp(prefix="slf_bench_"), dataset=dataset)
+    iterator = trainer._iterator(0)
+    state = {"step": 0}
+
+    def run(n):
+        out = None
+        for _ in range(n):
+            full = decision_every is not None and state["step"] % decision_every == 0
+            out = (trainer._full_step if full else trainer._main_step)(iterator)
+            state["step"] += 1
+        return out
+
+    def traced():
+        return {
+            "main_step": trainer._main_step.experimental_get_tracing_count(),
+            "full_step": trainer._full_step.experimental_get_tracing_count(),
+        }
+
+    return _Variant(name, run, traced)
+
+
+def _measure(model_name: str, dataset, rounds: int, steps: int):
+    variants = [
+        _plain_ce(model_name, dataset),
+        _trainer_variant("bag_frozen", _config(model_name), dataset, None),
+        _trainer_variant("exact_every1", _config(model_name, "exact", 1), dataset, 1),
+        _trainer_variant("fd_every1", _config(model_name, "finite_difference", 1), dataset, 1),
+        _trainer_variant("exact_every10", _config(model_name, "exact", 10), dataset, 10),
+    ]
+    rss = {}
+    for v in variants:  # warm-up: trace, then a few steps; record the peak-RSS growth it caused
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        harness._block(v.run_steps(10))
+        rss[v.name] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
+    times = {v.name: [] for v in variants}
+    for r in range(rounds):
+        for v in variants if r % 2 == 0 else list(reversed(variants)):
+            start = time.perf_counter()
+            harness._block(v.run_steps(steps))
+            times[v.name].append((time.perf_counter() - start) / steps * 1e3)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        name: {
+            "median_ms": medians[name],
+            "ratio_to_ce": medians[name] / medians["ce"],
+            "peak_rss_growth_mb": rss[name],
+            "traces": next(v for v in variants if v.name == name).traced(),
+        }
+        for name in times
+    }
+
+
+GOALS = {
+    "bag_frozen": ("<= 1.15x", lambda r, _: r <= 1.15),
+    "exact_every10": ("<= 1.3x", lambda r, _: r <= 1.3),
+    "exact_every1": ("<= 2.5x (CNN)", lambda r, model: model != "cnn" or r <= 2.5),
+    "fd_every1": ("<= exact", None),
+}
+
+
+def main(argv):
+    del argv
+    trainer_lib.quiet_library_logs()
+    if _STEPS.value % 10:
+        raise app.UsageError("--steps must be a multiple of 10 (the exact_every10 cycle).")
+    setups = {"mlp": data_lib.load("digits", seed=0), "cnn": _synthetic_mnist()}
+    results, rows = {}, []
+    for model_name, dataset in setups.items():
+        r = _measure(model_name, dataset, _ROUNDS.value, _STEPS.value)
+        results[model_name] = r
+        for name, m in r.items():
+            goal, ok = GOALS.get(name, ("", None))
+            if name == "fd_every1":
+                met = m["median_ms"] <= r["exact_every1"]["median_ms"]
+            else:
+                met = ok(m["ratio_to_ce"], model_name) if ok else None
+            status = "" if met is None else ("met" if met else "MISSED")
+            traces = ", ".join(f"{k}={v}" for k, v in m["traces"].items())
+            rows.append(
+                [
+                    model_name,
+                    name,
+                    m["median_ms"],
+                    m["ratio_to_ce"],
+                    f"{goal} {status}".strip(),
+                    f"{m['peak_rss_growth_mb']:.0f}",
+                    traces,
+                ]
+            )
+    table = harness.format_table(["model", "variant", "ms/step", "x CE", "goal", "peak RSS growth MB", "traces"], rows)
+    print(table)
+    md, js = harness.write_results(
+        _OUT.value,
+        "step_overhead",
+        table,
+        {"batch": BATCH, "rounds": _ROUNDS.value, "steps": _STEPS.value, "results": results},
+    )
+    print(f"\nWrote {md} and {js}")
+
+
+if __name__ == "__main__":
+    app.run(main)
