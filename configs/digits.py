@@ -94,6 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.slf.val_batch_size = 128
     config.slf.fd_epsilon = 1e-3
 
+    # Save export/model.keras and export/saved_model at the end.
+    config.export = True
+
     # Testing hook: SIGKILL the process right after this step's checkpoint (-1: never).
     config.debug_kill_at_step = -1
     return config

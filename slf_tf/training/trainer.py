@@ -423,7 +423,8 @@ class Trainer:
         }
         results = {"step": step, "val": val, "test": test, "decision": choice, "strategy": self.loss.strategy}
         if self.is_chief:
-            self.export()
+            if self.config.get("export", True):
+                self.export()
             with open(os.path.join(self.workdir, "results.json"), "w") as f:
                 json.dump(results, f, indent=2)
         writer.flush()
