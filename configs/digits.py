@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.strategy = "default"  # default | mirrored | multi_worker
     config.deterministic = False  # TF op determinism (slower; bitwise-reproducible on CPU)
+    config.mixed_precision = ""  # "" (float32) | "mixed_bfloat16" | "mixed_float16": the main network only
 
     # Durations (steps).
     config.num_train_steps = 1500
@@ -93,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.slf.entropy_weight = 0.0
     config.slf.val_batch_size = 128
     config.slf.fd_epsilon = 1e-3
+    config.slf.clipnorm = 0.0  # global-norm clipping of the decision gradients (0: off)
 
     # Save export/model.keras and export/saved_model at the end.
     config.export = True

@@ -131,5 +131,9 @@ def validate_config(config) -> None:
         raise ValueError(f"Unknown hypergradient method {config.slf.method!r}; known: ['exact', 'finite_difference'].")
     _positive_int(config.slf, "decision_every")
     _positive_int(config.slf, "val_batch_size")
+    if config.get("mixed_precision", "") not in ("", "float32", "mixed_bfloat16", "mixed_float16"):
+        raise ValueError(
+            f"Unknown mixed_precision {config.mixed_precision!r}; known: ['', 'mixed_bfloat16', 'mixed_float16']."
+        )
     if not config.slf.lookahead_lr > 0:
         raise ValueError(f"config.slf.lookahead_lr must be > 0; got {config.slf.lookahead_lr!r}.")

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import signal
+import threading
 import time
 from typing import Any
 
@@ -70,6 +71,25 @@ def _is_chief(strategy: tf.distribute.Strategy) -> bool:
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks after each step (main thread only; else inert)."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
 class Trainer:
     """Everything one run needs, built from a config; :meth:`run` trains, evaluates and exports."""
 
@@ -99,19 +119,28 @@ class Trainer:
         c, d = self.config, self.data
         keras.utils.set_random_seed(c.seed)  # weight initialisation; sampling uses stateless seeds
         with self.strategy.scope():
-            self.model = models.create_model(
-                c.model.name,
-                d.input_shape,
-                d.num_classes or 1,
-                image_shape=d.image_shape,
-                hidden_units=tuple(c.model.hidden_units),
-                filters=tuple(c.model.get("filters", (32, 64))),
-                dropout=c.model.get("dropout", 0.0),
-            )
+            # Mixed precision applies to the main network only: the sampler, the decision
+            # network and the hypergradient stay in float32 (the loss casts half outputs up).
+            previous_policy = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(c.get("mixed_precision", "") or "float32")
+            try:
+                self.model = models.create_model(
+                    c.model.name,
+                    d.input_shape,
+                    d.num_classes or 1,
+                    image_shape=d.image_shape,
+                    hidden_units=tuple(c.model.hidden_units),
+                    filters=tuple(c.model.get("filters", (32, 64))),
+                    dropout=c.model.get("dropout", 0.0),
+                )
+            finally:
+                keras.config.set_dtype_policy(previous_policy)
             self.loss: CombinedLoss = factories.create_loss_from_config(c, d.task)
             o = c.optimizer
             self.opt_w = factories.create_optimizer(o.name, o.learning_rate, o.momentum, o.weight_decay, o.clipnorm)
-            self.opt_v = factories.create_optimizer(c.slf.optimizer, c.slf.learning_rate)
+            self.opt_v = factories.create_optimizer(
+                c.slf.optimizer, c.slf.learning_rate, clipnorm=c.slf.get("clipnorm", 0.0)
+            )
             self.opt_w.build(self.model.trainable_variables)
             if self.loss.decision_variables:
                 self.opt_v.build(self.loss.decision_variables)
@@ -283,10 +312,17 @@ class Trainer:
 
     def restore(self) -> int:
         """Restores the latest checkpoint if there is one; returns the step to start from."""
-        latest = self.manager.latest_checkpoint
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-            logging.info("Resumed from %s at step %d.", latest, int(self.step.numpy()))
+        for path in reversed(self.manager.checkpoints):  # newest first; a corrupt one falls back
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (tf.errors.OpError, ValueError, AssertionError) as e:
+                logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, type(e).__name__)
+                continue
+            logging.info("Resumed from %s at step %d.", path, int(self.step.numpy()))
+            break
+        else:
+            if self.manager.checkpoints:
+                raise ValueError(f"No readable checkpoint in {self.manager.directory}; move it aside to start over.")
         return int(self.step.numpy())
 
     def _iterator(self, start: int):
@@ -349,6 +385,7 @@ class Trainer:
         last_counts, last_log_step, t_last = self.loss.selection_counts.numpy(), start, time.time()
         metrics: dict[str, Any] = {}
         killed_at = c.get("debug_kill_at_step", -1)
+        preemption = _SigtermFlag()
         for step in range(start, total):
             if step % steps_per_epoch == 0:  # the "last epoch" window of the final table
                 self.window_probability.assign(tf.zeros_like(self.window_probability))
@@ -398,6 +435,14 @@ class Trainer:
             if t == killed_at:  # test hook: die as a preempted machine would, without cleanup
                 writer.flush()
                 os.kill(os.getpid(), signal.SIGKILL)
+            if preemption.raised and not last:  # SIGTERM: checkpoint this step and stop cleanly
+                if t % c.checkpoint_every_steps:
+                    self.manager.save(checkpoint_number=t)
+                logging.warning("SIGTERM: saved a checkpoint at step %d; rerun with the same workdir to resume.", t)
+                preemption.restore()
+                writer.close()
+                return {"preempted": True, "step": t}
+        preemption.restore()
         results = self._finish(writer, total)
         writer.close()
         return results
@@ -474,6 +519,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     """Trains and evaluates per ``config`` in ``workdir`` (resuming from its latest checkpoint)."""
     trainer = Trainer(config, workdir)
     results = trainer.run()
+    if results.get("preempted"):
+        return results
     if trainer.is_chief:
         print(format_report(results, workdir), flush=True)
     if math.isnan(results["test"].get("loss", 0.0)):

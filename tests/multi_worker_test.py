@@ -1,0 +1,86 @@
+"""MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 agree with each other and with one process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _command(workdir, *overrides):
+    cmd = [sys.executable, "-m", "trainers.classify", "--config=configs/test.py", f"--workdir={workdir}"]
+    return cmd + [f"--config.{o}" for o in overrides]
+
+
+def _weights(checkpoint_prefix):
+    reader = tf.train.load_checkpoint(checkpoint_prefix)
+    # The main network's weights (saved under the optimizer that tracks them) and the decision network's.
+    names = sorted(
+        k for k in reader.get_variable_to_shape_map() if "_trainable_variables/" in k or k.startswith("decision/")
+    )
+    return {k: reader.get_tensor(k) for k in names}
+
+
+def test_two_workers_match_each_other_and_a_single_process(tmp_path):
+    workdir, single = str(tmp_path / "mw"), str(tmp_path / "single")
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        procs.append(
+            subprocess.Popen(
+                _command(workdir, "strategy=multi_worker"),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=300))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "Test accuracy" in outputs[0][0] and "Test accuracy" not in outputs[1][0]  # only the chief reports
+    # Only the chief writes summaries, metrics, results and exports.
+    assert os.path.exists(os.path.join(workdir, "export", "model.keras"))
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if "train/loss" in r] == [5, 10, 15, 20]
+    chief = _weights(os.path.join(workdir, "checkpoints", "ckpt-20"))
+    other = _weights(os.path.join(workdir, ".worker_1", "checkpoints", "ckpt-20"))
+    assert chief and chief.keys() == other.keys()
+    for k in chief:
+        np.testing.assert_array_equal(chief[k], other[k], err_msg=k)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run(_command(single), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    alone = _weights(os.path.join(single, "checkpoints", "ckpt-20"))
+    for k in chief:
+        np.testing.assert_allclose(chief[k], alone[k], rtol=1e-5, atol=1e-6, err_msg=k)
