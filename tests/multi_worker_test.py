@@ -65,7 +65,7 @@ def test_two_workers_match_each_other_and_a_single_process(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for p, (out, err) in zip(procs, outputs, strict=True):
+    for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert "Test accuracy" in outputs[0][0] and "Test accuracy" not in outputs[1][0]  # only the chief reports
     # Only the chief writes summaries, metrics, results and exports.

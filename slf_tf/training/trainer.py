@@ -191,6 +191,11 @@ class Trainer:
             if model.losses:
                 objective += tf.add_n(model.losses) / self.replicas
         grads = tape.gradient(objective, model.trainable_variables)
+        # Every candidate masked: the objective no longer depends on the weights.
+        grads = [
+            tf.zeros(v.shape, v.dtype) if g is None else g
+            for g, v in zip(grads, model.trainable_variables, strict=True)
+        ]
         skipped = hypergrad._apply_if_finite(self.opt_w, grads, model.trainable_variables)  # never NaN weights
         return self._main_outputs(y, pred, per_example, objective, skipped, sel, finite)
 
@@ -315,7 +320,7 @@ class Trainer:
         for path in reversed(self.manager.checkpoints):  # newest first; a corrupt one falls back
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
-            except (tf.errors.OpError, ValueError, AssertionError) as e:
+            except (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError) as e:
                 logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, type(e).__name__)
                 continue
             logging.info("Resumed from %s at step %d.", path, int(self.step.numpy()))
