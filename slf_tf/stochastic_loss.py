@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from slf_tf import checks, gumbel, rng, schedules, selection
@@ -240,6 +241,13 @@ class CombinedLoss(keras.losses.Loss):
         d = self.ema_decay
         new = tf.where(self.running_val_loss.value == 0.0, value, d * self.running_val_loss.value + (1 - d) * value)
         self.running_val_loss.assign(tf.where(tf.math.is_finite(value), new, self.running_val_loss.value))
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Keras casts y_true to float before call(); catch non-numeric labels first, with our message.
+        dtype = y_true.dtype if hasattr(y_true, "dtype") else np.asarray(y_true).dtype
+        if not (tf.as_dtype(dtype).is_floating or tf.as_dtype(dtype).is_integer or tf.as_dtype(dtype).is_bool):
+            raise ValueError(f"y_true must be numeric (integer labels, one-hot or targets); got dtype {dtype}.")
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
         """Keras entry point: samples while ``sampling`` is True (training), else expected coefficients."""

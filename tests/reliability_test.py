@@ -160,3 +160,8 @@ def test_same_seed_gives_bitwise_identical_weights(tmp_path):
 def test_unknown_mixed_precision_policy(tmp_path, value):
     with pytest.raises(ValueError, match=f"Unknown mixed_precision '{value}'"):
         Trainer(_config(mixed_precision=value), str(tmp_path / "w"))
+
+
+def test_batch_not_divisible_by_replicas(tmp_path):
+    with pytest.raises(ValueError, match=r"config.batch_size=31 must be divisible by the number of replicas \(2\)"):
+        Trainer(_config(strategy="mirrored", batch_size=31), str(tmp_path / "w"))
