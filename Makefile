@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: install run demo test test-slow lint format bench bazel-test clean
+.PHONY: install run demo test test-slow lint format bench bench-full bazel-test clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,20 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# Benchmarks print a table and write JSON + Markdown to benchmarks/results/.
+# `make bench` is the fast subset (< 10 min on 2 cores); `make bench-full` runs everything
+# (~1 hour; add MNIST_DIR=/path/to/mnist-idx for the MNIST setting).
+MNIST_DIR ?=
+
 bench: $(STAMP)
 	$(PY) -m benchmarks.sampler --rounds 20
+	$(PY) -m benchmarks.step_overhead --rounds 5
+	$(PY) -m benchmarks.quality --seeds 2 --settings digits_sym40 --strategies fixed_ce,uniform,softmax,slf --name quality_fast
+
+bench-full: $(STAMP)
+	$(PY) -m benchmarks.sampler --rounds 30
+	$(PY) -m benchmarks.step_overhead --rounds 15
+	$(PY) -m benchmarks.quality --seeds 5 --mnist_dir "$(MNIST_DIR)"
 
 # Bazel (offline: see third_party/bazel/README.md). Installs Debian's bazel-bootstrap 4.2.3 if missing.
 bazel-test: $(STAMP)
