@@ -1,0 +1,1 @@
+"""The seed experiments (DESIGN 5): each a ``run(config, workdir)`` driven by a thin absl trainer."""
