@@ -31,7 +31,7 @@ from absl import app, flags  # noqa: E402
 from benchmarks import harness  # noqa: E402
 from configs import digits as digits_config  # noqa: E402
 from slf_tf import data as data_lib  # noqa: E402
-from slf_tf.training import Trainer  # noqa: E402
+from slf_tf.training import Trainer, input_pipeline  # noqa: E402
 from slf_tf.training import trainer as trainer_lib  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer("rounds", 15, "Timing rounds (medians are over these).")
@@ -75,13 +75,24 @@ def _plain_ce(model_name: str, dataset: data_lib.Dataset) -> _Variant:
     opt = keras.optimizers.Adam(1e-3)
     opt.build(model.trainable_variables)
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    x = tf.constant(dataset.x_train)
-    y = tf.constant(dataset.y_train)
-    ds = iter(tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(BATCH, drop_remainder=True).prefetch(4))
+    # The same step-indexed input pipeline as the trainer, so the ratios compare the steps alone.
+    ds = iter(
+        input_pipeline.step_batches(
+            dataset.x_train,
+            dataset.y_train,
+            dataset.x_val,
+            dataset.y_val,
+            batch_size=BATCH,
+            val_batch_size=BATCH,
+            seed=0,
+            start_step=0,
+            num_steps=10**6,
+        )
+    )
 
     @tf.function
     def step(iterator):
-        xb, yb = next(iterator)
+        _, xb, yb, _, _ = next(iterator)
         with tf.GradientTape() as tape:
             loss = ce(yb, model(xb, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
