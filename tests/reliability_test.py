@@ -7,12 +7,12 @@ import subprocess
 import sys
 import time
 
+import helpers
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from configs import test as test_config
 from slf_tf import losses
 from slf_tf.training import Trainer
 
@@ -31,15 +31,7 @@ def _always_nan(t):
     return tf.reduce_sum(t.y, -1) * np.nan
 
 
-def _config(**overrides):
-    config = test_config.get_config()
-    for key, value in overrides.items():
-        node = config
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return config
+_config = helpers.config
 
 
 def _all_finite(trainer):

@@ -6,27 +6,19 @@ import os
 import subprocess
 import sys
 
+import helpers
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
-from configs import test as test_config
 from slf_tf.training import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(**overrides):
-    config = test_config.get_config()
-    for key, value in overrides.items():
-        node = config
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return config
+_config = helpers.config
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Trains a classifier with a combined loss (SLF by default).
 
-    python -m trainers.classify --config configs/digits.py --workdir runs/digits \
+    python -m trainers.classify --config configs/digits.py --workdir runs/digits \\
         [--config.loss.strategy=uniform] [--config.loss.k=5]
 """
 
@@ -10,36 +10,20 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app  # noqa: E402
 
-import configs  # noqa: E402  (the default config ships inside the package)
+from trainers import common  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(configs.__file__), "digits.py"), "ml_collections config file."
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (resumes if present).")
-flags.mark_flags_as_required(["workdir"])
-
-TASK = "classification"
+_CONFIG, _WORKDIR = common.define_flags("digits.py")
 
 
 def main(argv):
     del argv
-    from slf_tf import data
-    from slf_tf.training import trainer
-
-    trainer.quiet_library_logs()
-
-    config = _CONFIG.value
-    task = data.EMBEDDED.get(config.data.name, "classification")
-    if task != TASK:
-        raise app.UsageError(f"trainers.classify trains {TASK}; dataset {config.data.name!r} is {task}.")
-    trainer.train_and_evaluate(config, _WORKDIR.value)
+    common.train("classification", _CONFIG.value, _WORKDIR.value)
 
 
 def run() -> None:
-    """Console entry point (``slf-classify``)."""
+    """Console entry point (`slf-classify`)."""
     app.run(main)
 
 

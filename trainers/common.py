@@ -1,0 +1,32 @@
+"""What the supervised trainers share: flags, the task check, quiet logs, one library call."""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import configs
+
+
+def define_flags(default_config: str):
+    """``--config`` (an ml_collections file, default one shipped in ``configs/``) and ``--workdir``."""
+    config = config_flags.DEFINE_config_file(
+        "config", os.path.join(os.path.dirname(configs.__file__), default_config), "ml_collections config file."
+    )
+    workdir = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (resumes if present).")
+    flags.mark_flags_as_required(["workdir"])
+    return config, workdir
+
+
+def train(task: str, config, workdir: str) -> None:
+    """Checks the dataset's task, then ``train_and_evaluate(config, workdir)``."""
+    from slf_tf import data
+    from slf_tf.training import trainer
+
+    dataset_task = data.EMBEDDED.get(config.data.name, "classification")
+    if dataset_task != task:
+        raise app.UsageError(f"This trainer trains {task}; dataset {config.data.name!r} is {dataset_task}.")
+    trainer.quiet_library_logs()
+    trainer.train_and_evaluate(config, workdir)
