@@ -73,26 +73,36 @@ def run(config, workdir: str) -> dict[str, Any]:
     else:
         x_test = ds.x_test.astype(np.float32)
     common.prepare(workdir, config)
-    results, curves = {}, {}
+    results, curves, seconds = {}, {}, {}
     for name in config.estimators:
         start = time.time()
-        results[name], curves[name] = _train_one(config, name, x_train, x_test)
-        logging.info("%s: test -ELBO %.2f nats (%.0f s)", name, results[name], time.time() - start)
-    rows = ["| estimator | test -ELBO (nats) |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in results.items()]
+        writer = common.summary_writer(workdir, name)
+        results[name], curves[name] = _train_one(config, name, x_train, x_test, writer)
+        writer.close()
+        seconds[name] = time.time() - start
+        logging.info("%s: test -ELBO %.2f nats (%.0f s)", name, results[name], seconds[name])
+    rows = ["| estimator | test -ELBO (nats) | minutes |", "|---|---|---|"]
+    rows += [f"| {k} | {v:.2f} | {seconds[k] / 60:.1f} |" for k, v in results.items()]
     table = "\n".join(rows)
-    with open(os.path.join(workdir, "categorical_vae.md"), "w") as f:
-        f.write(table + "\n")
+    common.write_table(workdir, "categorical_vae", table)
     figure = _plot(os.path.join(workdir, "categorical_vae.png"), curves)
     common.write_json(
         workdir,
         "results.json",
-        {"test_neg_elbo": results, "curves": curves, "figure": figure, "data": config.data, "steps": config.steps},
+        {
+            "test_neg_elbo": results,
+            "curves": curves,
+            "seconds": seconds,
+            "figure": figure,
+            "data": config.data,
+            "steps": config.steps,
+        },
     )
     print(table)
     return results
 
 
-def _train_one(config, name: str, x_train: np.ndarray, x_test: np.ndarray):
+def _train_one(config, name: str, x_train: np.ndarray, x_test: np.ndarray, writer):
     keras.utils.set_random_seed(config.seed)
     vae = _VAE(config, x_train.shape[1])
     opt = keras.optimizers.Adam(config.learning_rate)
@@ -144,11 +154,26 @@ def _train_one(config, name: str, x_train: np.ndarray, x_test: np.ndarray):
             total += float(test_neg_elbo(xb, tf.constant([config.seed + 11, draw])))
         return total / (config.eval_draws * len(x_test))
 
-    curve = []
+    curve, start = [], time.time()
     for t in range(config.steps):
-        step(tf.constant(t, tf.int64))
+        train_neg_elbo = step(tf.constant(t, tf.int64))
         if (t + 1) % config.eval_every == 0 or t + 1 == config.steps:
             curve.append((t + 1, evaluate()))
+            elapsed = time.time() - start
+            common.write_scalars(
+                writer,
+                t + 1,
+                {"test/neg_elbo": curve[-1][1], "train/neg_elbo": train_neg_elbo, "train/tau": tau(t)},
+            )
+            logging.info(
+                "%s step %d/%d: test -ELBO %.2f, %.1f steps/s, ETA %.0f s",
+                name,
+                t + 1,
+                config.steps,
+                curve[-1][1],
+                (t + 1) / elapsed,
+                elapsed / (t + 1) * (config.steps - t - 1),
+            )
     return curve[-1][1], curve
 
 

@@ -94,6 +94,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         return tf.reduce_mean(tf.nn.softmax(gen(eval_z, training=False)), axis=0).numpy()
 
     history_steps, history_tv, snapshots = [], [], []
+    writer = common.summary_writer(workdir)
+    losses = None
     start = time.time()
     for t in range(config.steps + 1):
         if t % config.eval_every == 0 or t == config.steps:
@@ -102,8 +104,14 @@ def run(config, workdir: str) -> dict[str, Any]:
             history_tv.append(total_variation(p, target))
             snapshots.append(p.tolist())
             logging.info("step %d  TV %.4f  tau %.3f  p_gen %s", t, history_tv[-1], float(tau(t)), np.round(p, 3))
+            scalars = {"gan/total_variation": history_tv[-1], "gan/tau": tau(t)}
+            scalars.update({f"generator/p_{i}": p_i for i, p_i in enumerate(p)})
+            if losses is not None:
+                scalars.update({"gan/loss_discriminator": losses[0], "gan/loss_generator": losses[1]})
+            common.write_scalars(writer, t, scalars)
         if t < config.steps:
-            step(tf.constant(t, tf.int64))
+            losses = step(tf.constant(t, tf.int64))
+    writer.close()
     seconds = time.time() - start
     figure = _plot(os.path.join(workdir, "gumbel_gan.png"), target, history_steps, history_tv, snapshots)
     result = {

@@ -13,6 +13,7 @@ one ``tf.function`` loop; the true ``KL(pi_true || softmax(logits))`` is recorde
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
@@ -88,8 +89,13 @@ def run(config, workdir: str) -> dict[str, Any]:
         for i, label in enumerate(labels)
     ]
     table = "\n".join(rows)
-    with open(os.path.join(workdir, "ils_toy.md"), "w") as f:
-        f.write(table + "\n")
+    common.write_table(workdir, "ils_toy", table)
+    for i, label in enumerate(labels):  # one TensorBoard run per setting, so the curves overlay
+        writer = common.summary_writer(workdir, re.sub(r"[^\w.=-]+", "_", label))
+        for j, step in enumerate(steps):
+            if np.isfinite(history[j, i]):
+                common.write_scalars(writer, step, {"true_kl": history[j, i]})
+        writer.close()
     result = {
         "initial_kl": dict(zip(labels, kl0, strict=True)),
         "final_kl": final,

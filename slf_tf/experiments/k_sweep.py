@@ -1,13 +1,14 @@
 """The K sweep: SLF with K in {1, 2, 3, 5, 10, inf} on clean and noisy data, several seeds.
 
 Source claim: "the best K differs by dataset; softmax is K = inf". Each (setting,
-K, seed) is one trainer run with identical splits, noise and budget per seed.
+K, seed) is one trainer run with identical splits, noise and budget per seed, in
+its own ``workdir/runs/<setting>/K<k>_seed<s>`` (TensorBoard: what the decision
+network chose; rerunning with the same workdir resumes an interrupted sweep).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -58,8 +59,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                 else:
                     c.loss.k = k
                 c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = c.num_train_steps
-                with tempfile.TemporaryDirectory(prefix="slf_ksweep_") as tmp:
-                    acc = 100.0 * Trainer(c, tmp).run()["test"]["accuracy"]
+                run_dir = os.path.join(workdir, "runs", name, f"K{k}_seed{seed}")
+                acc = 100.0 * Trainer(c, run_dir).run()["test"]["accuracy"]
                 results[name][str(k)].append(acc)
                 print(f"[{time.time() - start:5.0f}s] {name} seed {seed} K={k}: {acc:.2f}", flush=True)
     rows = ["| setting | " + " | ".join(f"K={k}" for k in ks) + " | best K |", "|---" * (len(ks) + 2) + "|"]
@@ -70,8 +71,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         ]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {max(means, key=means.get)} |")
     table = "\n".join(rows)
-    with open(os.path.join(workdir, "k_sweep.md"), "w") as f:
-        f.write(table + "\n")
+    common.write_table(workdir, "k_sweep", table)
     figure = _plot(os.path.join(workdir, "k_sweep.png"), ks, results)
     payload = {
         "results": results,
