@@ -22,6 +22,7 @@ def get_config():
     c.steps = 5000
     c.eval_every = 500
     c.eval_draws = 5
+    c.eval_iw_samples = 1000  # the paper's m-sample bound on -log p(x), at the end
     c.learning_rate = 1e-3
     c.tau_rate = 3e-4  # tau = max(tau_minimum, exp(-tau_rate * t))
     c.tau_minimum = 0.5
@@ -36,5 +37,6 @@ def get_test_config():
     c.steps = 60
     c.eval_every = 30
     c.eval_draws = 1
+    c.eval_iw_samples = 8
     c.hidden = (64, 32)
     return c
