@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["all_sum", "all_true", "batch_mean", "num_replicas"]
+__all__ = ["all_sum", "all_true", "apply_if", "batch_mean", "num_replicas"]
 
 
 def _replica_context():
@@ -45,3 +45,36 @@ def batch_mean(x: tf.Tensor, global_batch_size: int | None = None, axis: int = 0
     if global_batch_size is None:
         return tf.reduce_mean(x, axis=axis)
     return tf.reduce_sum(x, axis=axis) / tf.cast(global_batch_size, x.dtype)
+
+
+def apply_if(condition: tf.Tensor, optimizer, grads, variables) -> None:
+    """``optimizer.apply_gradients(zip(grads, variables))`` only where ``condition`` (same on every replica).
+
+    Under a strategy the ``tf.cond`` must run in cross-replica context:
+    ``apply_gradients`` calls ``merge_call``, which a ``cond`` branch in replica
+    context may not (the pattern Keras' ``LossScaleOptimizer`` uses).
+    """
+
+    def apply(grads):
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+
+    def branches(apply_fn):
+        def applied():
+            apply_fn()
+            return tf.constant(True)
+
+        return applied, lambda: tf.constant(False)
+
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        raise ValueError("apply_if must be called in a replica context (inside strategy.run or no strategy).")
+    if not tf.distribute.has_strategy():
+        tf.cond(condition, *branches(lambda: apply(grads)))
+        return
+
+    def cross_replica(strategy, condition, grads):
+        first = strategy.experimental_local_results(condition)[0]
+        tf.cond(first, *branches(lambda: strategy.extended.call_for_each_replica(apply, args=(grads,))))
+
+    # identity: a tensor shared by all replicas (e.g. a captured input) would not regroup as per-replica.
+    ctx.merge_call(cross_replica, args=(condition, [tf.identity(g) for g in grads]))

@@ -284,14 +284,15 @@ def decision_gradients(
 
 
 def _apply_if_finite(optimizer, grads, variables) -> tf.Tensor:
-    """Applies ``grads`` where all are finite on every replica, else zeros; returns the skip flag.
+    """Applies ``grads`` only if all are finite on every replica; returns the skip flag.
 
-    Zeros keep NaN out of the weights; with a momentum optimizer the step still moves
-    them by the decayed momentum, as any zero-gradient step would.
+    A skipped step leaves the weights, the optimizer's moments and its iteration
+    count untouched (a zero-gradient step would still move Adam's weights by the
+    decayed momentum).
     """
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
     finite = distributed.all_true(finite[None])[0]
-    optimizer.apply_gradients(zip([tf.where(finite, g, tf.zeros_like(g)) for g in grads], variables, strict=True))
+    distributed.apply_if(finite, optimizer, grads, variables)
     return tf.cast(tf.logical_not(finite), tf.float32)
 
 

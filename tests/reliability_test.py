@@ -157,3 +157,34 @@ def test_unknown_mixed_precision_policy(tmp_path, value):
 def test_batch_not_divisible_by_replicas(tmp_path):
     with pytest.raises(ValueError, match=r"config.batch_size=31 must be divisible by the number of replicas \(2\)"):
         Trainer(_config(strategy="mirrored", batch_size=31), str(tmp_path / "w"))
+
+
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_skipped_step_leaves_weights_and_adam_state_untouched(mirrored):
+    """A non-finite gradient skips the update outright: a zero-gradient Adam step would move w by momentum."""
+    from slf_tf import hypergrad
+    from slf_tf.training import factories
+
+    strategy = factories.create_distribution_strategy("mirrored" if mirrored else "default")
+    with strategy.scope():
+        w = keras.Variable(np.ones(3, np.float32))
+        opt = keras.optimizers.Adam(0.1)
+        opt.build([w])
+
+    @tf.function
+    def step(g):
+        return strategy.run(lambda g: hypergrad._apply_if_finite(opt, [g], [w]), args=(g,))
+
+    def state():
+        return [w.numpy().copy()] + [v.numpy().copy() for v in opt.variables]
+
+    step(tf.constant([1.0, 2.0, 3.0]))
+    before = state()
+    skipped = step(tf.constant([np.nan, 2.0, 3.0]))
+    skipped = strategy.experimental_local_results(skipped)
+    assert all(float(s) == 1.0 for s in skipped)
+    for a, b in zip(before, state(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert float(strategy.experimental_local_results(step(tf.constant([1.0, 2.0, 3.0])))[0]) == 0.0
+    assert int(opt.iterations.numpy()) == 2 and np.all(w.numpy() < before[0])
+    assert step.experimental_get_tracing_count() == 1
