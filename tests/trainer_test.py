@@ -106,6 +106,15 @@ def test_mirrored_on_two_cpus_matches_one_device(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
+def test_mirrored_runs_of_different_models_in_one_process(tmp_path):
+    """A second MirroredStrategy would reuse the first one's collective keys and abort (TF #62790)."""
+    first = Trainer(_config(strategy="mirrored", **{"model.hidden_units": (24,)}), str(tmp_path / "a"))
+    first.run()
+    second = Trainer(_config(strategy="mirrored", **{"model.hidden_units": (16, 8)}), str(tmp_path / "b"))
+    assert second.strategy is first.strategy
+    assert np.isfinite(second.run()["test"]["loss"])
+
+
 def _run_trainer(workdir, *overrides, check=True):
     cmd = [sys.executable, "-m", "trainers.classify", "--config=configs/test.py", f"--workdir={workdir}"]
     cmd += [f"--config.{o}" for o in overrides]

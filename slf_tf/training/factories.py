@@ -44,6 +44,9 @@ def create_optimizer(name: str, learning_rate: float, momentum: float = 0.9, wei
     return keras.optimizers.RMSprop(**kw)
 
 
+_MIRRORED: dict[tuple[str, ...], tf.distribute.MirroredStrategy] = {}
+
+
 def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
     """``default`` (one device), ``mirrored`` (all local GPUs, else all logical CPUs), ``multi_worker`` (TF_CONFIG)."""
     if name not in DISTRIBUTION_STRATEGIES:
@@ -53,8 +56,13 @@ def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices=devices)
+        devices = tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU")))
+        # One strategy per device set and process: a second MirroredStrategy restarts the collective
+        # keys, and its all-reduces then clash with the first one's cached shapes ("Shape mismatch in
+        # the collective instance 100", tensorflow/tensorflow#62790) as soon as the models differ.
+        if devices not in _MIRRORED:
+            _MIRRORED[devices] = tf.distribute.MirroredStrategy(devices=list(devices))
+        return _MIRRORED[devices]
     tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
     if "ps" in tf_config.get("cluster", {}):
         raise ValueError("TF_CONFIG describes parameter servers ('ps'); parameter-server training is not supported.")
