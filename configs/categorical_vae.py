@@ -28,6 +28,7 @@ def get_config():
     c.tau_minimum = 0.5
     c.ils_step_size = 0.1
     c.ils_variant = "corrected"
+    c.ils_per_example = True  # ILS steps on each image's loss, not the batch mean (loss_scale = batch size)
     c.estimators = ("gumbel_softmax", "straight_through", "score_function", "ils")
     return c
 

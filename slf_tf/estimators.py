@@ -128,6 +128,7 @@ def ils_sample(
     step_size: float = 0.1,
     seed: checks.Seed = None,
     variant: str = "corrected",
+    loss_scale: float = 1.0,
 ) -> tf.Tensor:
     """An exact one-hot categorical draw with the Intermediate Loss Sampling gradient.
 
@@ -139,6 +140,14 @@ def ils_sample(
         ``KL(pi_D || softmax(logits))`` wrt logits = ``softmax(logits) - pi_D``,
         with ``pi_D`` projected onto the simplex) or ``"reference"`` (the public
         code's rule, see the module docstring).
+      loss_scale: how much smaller the upstream gradient is than each draw's own
+        loss gradient, e.g. the batch size when the objective is a batch mean.
+        The step from the draw uses ``loss_scale * dy`` and the returned gradient
+        is divided by ``loss_scale``. ILS's gradient ``softmax - pi_D`` is O(1)
+        whatever the loss scale, so without this a batch-mean objective shrinks
+        the step ``c * dy`` by the batch size (``pi_D`` stays at the draw, and the
+        logits learn to repeat their own draws) while the ILS gradient outweighs
+        every other gradient of the batch mean by the batch size.
 
     Returns:
       ``[..., N]`` one-hot in the dtype of ``logits``.
@@ -146,6 +155,7 @@ def ils_sample(
     if variant not in ("corrected", "reference"):
         raise ValueError(f'variant must be "corrected" or "reference"; got {variant!r}.')
     checks.check_temperature(step_size, name="step_size")
+    checks.check_temperature(loss_scale, name="loss_scale")
     logits = checks.check_logits(logits)
     draw = gumbel.gumbel_max(tf.stop_gradient(logits), seed)
 
@@ -153,7 +163,8 @@ def ils_sample(
     def _draw(z):
         def grad(dy):
             dtype = checks.compute_dtype(z.dtype)
-            d, dy, pi = tf.cast(draw, dtype), tf.cast(dy, dtype), tf.nn.softmax(tf.cast(z, dtype), axis=-1)
+            d, pi = tf.cast(draw, dtype), tf.nn.softmax(tf.cast(z, dtype), axis=-1)
+            dy = tf.cast(dy, dtype) * loss_scale
             if variant == "corrected":
                 pi_d = project_to_simplex(d - step_size * dy)
                 g = pi - pi_d
@@ -162,7 +173,7 @@ def ils_sample(
                 new = d - step_size * dy
                 new = new / tf.reduce_sum(new, axis=-1, keepdims=True)
                 g = -new / (pi + 1e-7)
-            return tf.cast(g, z.dtype)
+            return tf.cast(g / loss_scale, z.dtype)
 
         return tf.identity(draw), grad
 
@@ -276,19 +287,21 @@ class IntermediateLossEstimator(Estimator):
 
     name = "ils"
 
-    def __init__(self, step_size: float = 0.1, variant: str = "corrected"):
+    def __init__(self, step_size: float = 0.1, variant: str = "corrected", loss_scale: float = 1.0):
         super().__init__(name=self.name)
         checks.check_temperature(step_size, name="step_size")
+        checks.check_temperature(loss_scale, name="loss_scale")
         if variant not in ("corrected", "reference"):
             raise ValueError(f'variant must be "corrected" or "reference"; got {variant!r}.')
         self.step_size = step_size
         self.variant = variant
+        self.loss_scale = loss_scale
 
     def sample(self, logits, seed=None):
-        return ils_sample(logits, self.step_size, seed=seed, variant=self.variant)
+        return ils_sample(logits, self.step_size, seed=seed, variant=self.variant, loss_scale=self.loss_scale)
 
     def get_config(self):
-        return {"step_size": self.step_size, "variant": self.variant}
+        return {"step_size": self.step_size, "variant": self.variant, "loss_scale": self.loss_scale}
 
 
 _REGISTRY: dict[str, type[Estimator]] = {

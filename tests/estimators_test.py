@@ -126,6 +126,28 @@ def test_ils_gradient_formula(variant):
     np.testing.assert_allclose(grad, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("variant", ["corrected", "reference"])
+def test_ils_loss_scale_makes_a_batch_mean_act_per_example(variant):
+    """loss_scale=B on a batch-mean loss == the batch mean of per-example ILS gradients (loss_scale=1)."""
+    rng = np.random.default_rng(2)
+    logits = tf.constant(rng.normal(size=(16, 5)), tf.float64)
+    w = rng.normal(size=(16, 5))
+
+    def grad(reduce, loss_scale):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            d = estimators.ils_sample(logits, step_size=0.3, seed=5, variant=variant, loss_scale=loss_scale)
+            loss = reduce(tf.reduce_sum(d * w, axis=-1))
+        return tape.gradient(loss, logits).numpy()
+
+    per_example = grad(tf.reduce_sum, 1.0) / 16  # each row sees its own loss's gradient w
+    np.testing.assert_allclose(grad(tf.reduce_mean, 16.0), per_example, rtol=1e-10, atol=1e-13)
+    # Without it the step shrinks 16-fold, so the gradient differs (here: the projection no longer clips).
+    assert not np.allclose(grad(tf.reduce_mean, 1.0), per_example, rtol=1e-3)
+    with pytest.raises(ValueError, match="loss_scale must be a finite number > 0; got 0"):
+        estimators.ils_sample(logits, loss_scale=0)
+
+
 def test_ils_forward_is_an_exact_categorical_draw():
     import scipy.stats
 
@@ -183,7 +205,11 @@ def test_ils_learns_the_kl_toy(variant, step_size, steps, max_ratio):
 def test_estimator_registry():
     assert isinstance(estimators.get("relaxed", temperature=0.5), estimators.GumbelSoftmaxEstimator)
     assert isinstance(estimators.get("reinforce"), estimators.ScoreFunctionEstimator)
-    assert estimators.get("ils", step_size=0.01).get_config() == {"step_size": 0.01, "variant": "corrected"}
+    assert estimators.get("ils", step_size=0.01).get_config() == {
+        "step_size": 0.01,
+        "variant": "corrected",
+        "loss_scale": 1.0,
+    }
     with pytest.raises(ValueError, match="Unknown estimator 'gumbel'; known: .*straight_through"):
         estimators.get("gumbel")
     with pytest.raises(ValueError, match="baseline must be one of"):

@@ -156,7 +156,13 @@ def _train_one(config, name: str, x_train: np.ndarray, x_test: np.ndarray, write
             elif name == "straight_through":
                 z = gumbel.gumbel_softmax(logits, tau(t), hard=True, seed=seeds[2])
             elif name == "ils":
-                z = estimators.ils_sample(logits, config.ils_step_size, seed=seeds[2], variant=config.ils_variant)
+                z = estimators.ils_sample(
+                    logits,
+                    config.ils_step_size,
+                    seed=seeds[2],
+                    variant=config.ils_variant,
+                    loss_scale=b if config.ils_per_example else 1.0,  # the loss below is a batch mean
+                )
             else:
                 z = tf.stop_gradient(gumbel.gumbel_max(logits, seed=seeds[2]))
             recon, kl = vae.terms(x, z, logits)
