@@ -58,23 +58,19 @@ def apply_if(condition: tf.Tensor, optimizer, grads, variables) -> None:
     def apply(grads):
         optimizer.apply_gradients(zip(grads, variables, strict=True))
 
-    def branches(apply_fn):
-        def applied():
-            apply_fn()
-            return tf.constant(True)
-
-        return applied, lambda: tf.constant(False)
+    def run_if(pred, fn):  # cond needs both branches to return the same structure
+        tf.cond(pred, lambda: (fn(), tf.constant(True))[1], lambda: tf.constant(False))
 
     ctx = tf.distribute.get_replica_context()
     if ctx is None:
         raise ValueError("apply_if must be called in a replica context (inside strategy.run or no strategy).")
     if not tf.distribute.has_strategy():
-        tf.cond(condition, *branches(lambda: apply(grads)))
+        run_if(condition, lambda: apply(grads))
         return
 
     def cross_replica(strategy, condition, grads):
         first = strategy.experimental_local_results(condition)[0]
-        tf.cond(first, *branches(lambda: strategy.extended.call_for_each_replica(apply, args=(grads,))))
+        run_if(first, lambda: strategy.extended.call_for_each_replica(apply, args=(grads,)))
 
     # identity: a tensor shared by all replicas (e.g. a captured input) would not regroup as per-replica.
     ctx.merge_call(cross_replica, args=(condition, [tf.identity(g) for g in grads]))

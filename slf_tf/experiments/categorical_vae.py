@@ -51,12 +51,14 @@ class _VAE:
     def logits(self, x):
         return tf.reshape(self.encoder(x), [-1, self.latents, self.classes])
 
+    def log_likelihood(self, x, z):
+        """Per-example Bernoulli log p(x|z) for ``x`` ``[B, D]`` and ``z`` ``[B, latents, classes]``."""
+        decoded = self.decoder(tf.reshape(z, [tf.shape(x)[0], -1]))
+        return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=decoded), axis=-1)
+
     def terms(self, x, z, logits):
         """Per-example log p(x|z) and analytic KL(q(z|x) || uniform)."""
-        recon = -tf.reduce_sum(
-            tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=self.decoder(tf.reshape(z, [tf.shape(x)[0], -1]))),
-            axis=-1,
-        )
+        recon = self.log_likelihood(x, z)
         log_q = tf.nn.log_softmax(logits)
         kl = tf.reduce_sum(tf.exp(log_q) * (log_q + np.log(self.classes)), axis=[1, 2])
         return recon, kl
@@ -76,9 +78,8 @@ def importance_weighted_bound(vae: _VAE, x: tf.Tensor, samples: int, seed, chunk
         tiled = tf.tile(logits[None], [m, 1, 1, 1])
         z = gumbel.gumbel_max(tiled, seed=rng.step_seed(seed, start))  # [m, B, L, C]
         log_q = tf.reduce_sum(estimators.categorical_log_prob(tiled, z), axis=-1)  # [m, B]
-        decoded = vae.decoder(tf.reshape(z, [-1, vae.latents * vae.classes]))
-        x_tiled = tf.reshape(tf.tile(x[None], [m, 1, 1]), tf.shape(decoded))
-        log_px = -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x_tiled, logits=decoded), axis=-1)
+        x_tiled = tf.reshape(tf.tile(x[None], [m, 1, 1]), [-1, x.shape[-1]])
+        log_px = vae.log_likelihood(x_tiled, tf.reshape(z, [-1, vae.latents, vae.classes]))
         log_weights.append(tf.reshape(log_px, tf.shape(log_q)) + log_prior - log_q)
     log_weights = tf.concat(log_weights, axis=0)
     return -(tf.reduce_logsumexp(log_weights, axis=0) - np.log(samples))
