@@ -24,5 +24,5 @@ def get_config():
     config.loss.candidates = ("mse", "mae", "huber(delta=1.0)", "log_cosh", "quantile(tau=0.5)")
     config.loss.fixed = "mse"
     config.loss.k = 2
-    config.slf.val_batch_size = 64
+    config.decision.val_batch_size = 64
     return config

@@ -17,7 +17,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.strategy = "default"  # default | mirrored | multi_worker
+    config.distribution = "default"  # tf.distribute: default | mirrored | multi_worker
     config.deterministic = False  # TF op determinism (slower; bitwise-reproducible on CPU)
     config.mixed_precision = ""  # "" (float32) | "mixed_bfloat16" | "mixed_float16": the main network only
 
@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 500
     config.checkpoint_every_steps = 500
     config.max_checkpoints = 3
+    # The best checkpoint on the clean validation split (checkpoints/best/, export/best/):
+    # auto (val_accuracy, or val_mae for regression) | val_accuracy | val_loss | val_mae | "" (off).
+    config.best_metric = "auto"
+    config.early_stopping_patience = 0  # evaluations without improvement before stopping (0: off)
 
     # Data.
     config.data = ml_collections.ConfigDict()
@@ -74,8 +78,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.estimator = "relaxed"  # relaxed | straight_through | reinforce | ils
     config.loss.weighting = "selected"  # selected | all | none
     config.loss.threshold = 0.5
-    config.loss.decision = "static"  # static | state
-    config.loss.hidden_units = 32
     config.loss.normalize = False
     config.loss.softadapt_beta = 10.0
     config.loss.temperature = ml_collections.ConfigDict()
@@ -84,21 +86,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.temperature.rate = 2e-3
     config.loss.temperature.minimum = 0.5
 
-    # Decision-network update (the validation hypergradient).
-    config.slf = ml_collections.ConfigDict()
-    config.slf.lookahead_lr = 0.05
-    config.slf.decision_every = 1
-    config.slf.method = "exact"  # exact | finite_difference
-    config.slf.optimizer = "adam"
-    config.slf.learning_rate = 0.02
-    config.slf.entropy_weight = 0.0
-    config.slf.val_batch_size = 128
-    config.slf.fd_epsilon = 1e-3
-    config.slf.clipnorm = 0.0  # global-norm clipping of the decision gradients (0: off)
+    # The decision network and its update (the validation hypergradient).
+    config.decision = ml_collections.ConfigDict()
+    config.decision.network = "static"  # static (free alpha, beta) | state (an MLP on the training state)
+    config.decision.hidden_units = 32  # width of the state network
+    config.decision.every = 1  # update the decision network every n steps
+    config.decision.lookahead_lr = 0.05  # eta of the sgd virtual step
+    config.decision.virtual_step = "sgd"  # sgd (w - eta g) | optimizer (the main optimizer's step sizes)
+    config.decision.method = "exact"  # exact | finite_difference
+    config.decision.optimizer = "adam"
+    config.decision.learning_rate = 0.02
+    config.decision.entropy_weight = 0.0
+    config.decision.val_batch_size = 128
+    config.decision.fd_epsilon = 1e-3
+    config.decision.clipnorm = 0.0  # global-norm clipping of the decision gradients (0: off)
 
-    # Save export/model.keras and export/saved_model at the end.
+    # Save export/model.keras and export/saved_model at the end (and export/best/).
     config.export = True
-
-    # Testing hook: SIGKILL the process right after this step's checkpoint (-1: never).
-    config.debug_kill_at_step = -1
     return config

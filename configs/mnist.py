@@ -22,5 +22,5 @@ def get_config():
     config.eval_every_steps = 1000
     config.checkpoint_every_steps = 1000
     config.model.hidden_units = (256, 128)
-    config.slf.decision_every = 5
+    config.decision.every = 5
     return config

@@ -18,6 +18,6 @@ def get_config():
     config.model.hidden_units = (32,)
     config.loss.candidates = ("cross_entropy", "focal(gamma=2.0)", "mae")
     config.loss.k = 2
-    config.slf.val_batch_size = 32
-    config.slf.decision_every = 2
+    config.decision.val_batch_size = 32
+    config.decision.every = 2
     return config

@@ -4,7 +4,19 @@ The discrete-sampling toolkit (Gumbel-Max, Gumbel-Softmax, straight-through,
 score function, Intermediate Loss Sampling) is importable on its own.
 """
 
-from slf_tf import callbacks, decision, estimators, hypergrad, layers, losses, rng, schedules, selection
+from slf_tf import (
+    callbacks,
+    decision,
+    estimators,
+    hypergrad,
+    layers,
+    losses,
+    metrics,
+    rng,
+    schedules,
+    selection,
+    train_step,
+)
 from slf_tf.gumbel import (
     gumbel_cdf,
     gumbel_log_cdf,
@@ -19,6 +31,7 @@ from slf_tf.gumbel import (
     multi_gumbel_softmax,
     straight_through,
 )
+from slf_tf.keras_model import SLFModel
 from slf_tf.layers import BinaryGate, GumbelSoftmax
 from slf_tf.stochastic_loss import (
     CombinedLoss,
@@ -38,6 +51,7 @@ __all__ = [
     "CombinedLoss",
     "FixedLoss",
     "RandomLoss",
+    "SLFModel",
     "SoftAdaptLoss",
     "StochasticLoss",
     "UncertaintyLoss",
@@ -47,7 +61,9 @@ __all__ = [
     "decision",
     "hypergrad",
     "losses",
+    "metrics",
     "selection",
+    "train_step",
     "GumbelSoftmax",
     "estimators",
     "gumbel_cdf",

@@ -1,14 +1,18 @@
-"""Keras ``fit`` integration: train the decision network of a combined loss during ``model.fit``.
+"""Keras ``fit`` integration by callback: train a compiled combined loss's decision network during ``fit``.
 
     loss = slf_tf.StochasticLoss(["cross_entropy", "focal(gamma=2.0)", "mae"], k=3)
     model.compile(optimizer="adam", loss=loss)
-    model.fit(train_ds, epochs=5,
-              callbacks=[slf_tf.callbacks.DecisionUpdate(loss, train_ds, val_ds, "adam")])
+    model.fit(x, y, epochs=5, callbacks=[slf_tf.callbacks.DecisionUpdate(train_data=(x, y), val_data=(x_val, y_val))])
 
-After every ``every_n_batches`` training batches the callback takes one batch from
-``train_data`` and one from ``val_data`` (each cycled) and applies one decision
-update (:func:`slf_tf.hypergrad.apply_decision_update`). During ``evaluate`` /
-validation the loss switches to its noise-free expected coefficients.
+While attached, the callback turns the loss's sampling on for training batches
+(off for validation, ``evaluate`` and ``predict``), and after every
+``every_n_batches`` batches applies one decision update
+(:meth:`slf_tf.train_step.TrainStep.decide`): it re-draws the ``c`` of the batch
+just taken (the same seed) and computes the validation hypergradient on a batch of
+``train_data`` and a batch of ``val_data`` at the weights the main step produced.
+:class:`slf_tf.SLFModel` instead fuses the decision update into ``fit``'s own
+step (one forward/backward, ``fit``'s own batches, the virtual step from the
+weights the main step starts from): prefer it where you can wrap the model.
 """
 
 from __future__ import annotations
@@ -16,111 +20,140 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from slf_tf import hypergrad, rng
 from slf_tf.stochastic_loss import CombinedLoss
+from slf_tf.train_step import DecisionSettings, TrainStep
 
-__all__ = ["DecisionUpdate"]
+__all__ = ["DecisionUpdate", "as_batches"]
 
 
-def _as_dataset(data: Any) -> tf.data.Dataset:
+def as_batches(data: Any, name: str, batch_size: int = 128) -> tf.data.Dataset:
+    """``data`` as a dataset of ``(x, y)`` batches; a clear error (with the fix) for what cannot be one."""
+    if data is None:
+        raise ValueError(
+            f"{name} is required: a clean held-out split as an (x, y) tuple of arrays or a tf.data.Dataset of "
+            "(x, y) batches. fit's validation_split cannot feed it (Keras splits it off inside fit); split "
+            "your data first, e.g. with sklearn.model_selection.train_test_split."
+        )
     if isinstance(data, tf.data.Dataset):
+        spec = data.element_spec
+        if not isinstance(spec, tuple) or len(spec) != 2:
+            raise ValueError(f"{name} must yield (x, y) batches; its elements are {spec}.")
+        first = tf.nest.flatten(spec[0])[0]
+        if first.shape.rank is not None and first.shape.rank < 2:
+            raise ValueError(f"{name} looks unbatched (x elements of shape {first.shape}); call .batch(n) on it.")
         return data
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = data
-        return tf.data.Dataset.from_tensor_slices((x, y)).batch(128)
+    if isinstance(data, (tuple, list)):
+        if len(data) == 3:
+            raise ValueError(
+                f"{name} got an (x, y, sample_weight) tuple; the decision update weighs every validation example "
+                "alike: pass (x, y)."
+            )
+        if len(data) == 2:
+            x, y = data
+            if len(x) != len(y):
+                raise ValueError(f"{name}: x and y have different lengths ({len(x)} and {len(y)}).")
+            return tf.data.Dataset.from_tensor_slices((np.asarray(x), np.asarray(y))).batch(batch_size)
     raise ValueError(
-        "DecisionUpdate data must be a tf.data.Dataset of (x, y) batches or an (x, y) tuple; "
-        f"got {type(data).__name__}."
+        f"{name} must be an (x, y) tuple of arrays or a tf.data.Dataset of (x, y); got {type(data).__name__}."
     )
 
 
 class DecisionUpdate(keras.callbacks.Callback):
-    """Trains ``loss.decision_variables`` during ``fit`` (the SLF hypergradient, or the loss's own rule).
+    """Trains the compiled loss's decision variables during ``fit`` (the SLF hypergradient, or its own rule).
 
     Args:
-      loss: the combined loss compiled into the model.
-      train_data, val_data: ``tf.data.Dataset`` of ``(x, y)`` batches, or ``(x, y)``
-        arrays (batched by 128). Repeated as needed.
-      optimizer: a Keras optimizer or its name (default Adam, lr 0.01).
+      train_data: ``(x, y)`` arrays or a dataset of ``(x, y)`` batches the updates
+        draw training batches from (cycled); usually fit's training data.
+      val_data: a clean, held-out split (never the test set): ``(x, y)`` or a dataset.
+      optimizer: the decision optimizer, a Keras optimizer or its name (default Adam, lr 0.02).
       every_n_batches: update every n training batches (amortises the cost).
-      lookahead_lr: eta of the virtual SGD step.
-      method: ``exact`` or ``finite_difference``.
-      entropy_weight: exploration bonus on ``softmax(alpha)``.
+      loss: optional; if given it must be the loss the model was compiled with.
+      **settings: :class:`slf_tf.train_step.DecisionSettings` fields (``lookahead_lr``,
+        ``virtual_step``, ``method``, ``entropy_weight``, ``fd_epsilon``).
     """
 
     def __init__(
         self,
-        loss: CombinedLoss,
-        train_data: Any,
-        val_data: Any,
+        train_data: Any = None,
+        val_data: Any = None,
         optimizer: Any = None,
         every_n_batches: int = 1,
-        lookahead_lr: float = 0.05,
-        method: str = "exact",
-        entropy_weight: float = 0.0,
+        loss: CombinedLoss | None = None,
+        **settings: Any,
     ):
         super().__init__()
-        if not isinstance(loss, CombinedLoss):
-            raise ValueError(f"DecisionUpdate needs a slf_tf combined loss; got {type(loss).__name__}.")
+        if isinstance(train_data, CombinedLoss):
+            raise ValueError(
+                "DecisionUpdate takes the loss from the compiled model now: DecisionUpdate(train_data, val_data, "
+                "optimizer); pass loss=... only to check it is the compiled one."
+            )
         if isinstance(every_n_batches, bool) or not isinstance(every_n_batches, int) or every_n_batches < 1:
             raise ValueError(f"every_n_batches must be an integer >= 1; got {every_n_batches!r}.")
-        hypergrad._check_method(method)
-        self.loss = loss
-        self.every_n_batches = every_n_batches
-        self.lookahead_lr, self.method, self.entropy_weight = lookahead_lr, method, entropy_weight
-        if optimizer is None:
-            optimizer = keras.optimizers.Adam(0.01)
+        self.settings = DecisionSettings(every=every_n_batches, **settings)
+        self.expected_loss = loss
         self.optimizer = keras.optimizers.get(optimizer) if isinstance(optimizer, str) else optimizer
-        self._train_iter = iter(_as_dataset(train_data).repeat())
-        self._val_iter = iter(_as_dataset(val_data).repeat())
+        self.optimizer = self.optimizer or keras.optimizers.Adam(0.02)
+        self._train_iter = iter(as_batches(train_data, "DecisionUpdate train_data").repeat())
+        self._val_iter = iter(as_batches(val_data, "DecisionUpdate val_data").repeat())
         self._batches = 0
-        self._step_fn = None
+        self._step: TrainStep | None = None
+        self._decide = None
+        self._training = False
         self.history: list[dict[str, float]] = []
 
+    @property
+    def loss(self) -> CombinedLoss:
+        return self._step.loss
+
     def _build(self) -> None:
-        if self.loss.decision_variables:
-            self.optimizer.build(self.loss.decision_variables)  # before the first trace: no retracing
-        model, loss = self.model, self.loss
+        loss = getattr(self.model, "loss", None)
+        if not isinstance(loss, CombinedLoss):
+            raise ValueError(f"DecisionUpdate needs a model compiled with a slf_tf combined loss; got {loss!r}.")
+        if self.expected_loss is not None and self.expected_loss is not loss:
+            raise ValueError(
+                "DecisionUpdate(loss=...) is not the loss the model was compiled with; the callback would train "
+                "a decision network the model never uses. Drop loss=..., or compile with that loss."
+            )
+        self._step = TrainStep(self.model, loss, self.model.optimizer, self.optimizer, self.settings)
+        strategy = self.model.distribute_strategy  # every replica takes the whole batch: partials add up
 
         @tf.function
-        def step(x, y, x_val, y_val):
-            return hypergrad.apply_decision_update(
-                model,
-                loss,
-                self.optimizer,
-                x,
-                y,
-                x_val,
-                y_val,
-                seed=rng.step_seed(loss.seed, loss.step.value, stream=1),
-                lookahead_lr=self.lookahead_lr,
-                method=self.method,
-                entropy_weight=self.entropy_weight,
-            )
+        def decide(step, x, y, x_val, y_val):
+            out = strategy.run(self._step.decide, args=(step, x, y, x_val, y_val))
+            return {k: strategy.experimental_local_results(v)[0] for k, v in out.items()}
 
-        self._step_fn = step
+        self._decide = decide
 
     def on_train_begin(self, logs=None):
-        if self._step_fn is None:
+        if self._step is None or self._step.model is not self.model:
             self._build()
+        self._training = True
         self.loss.sampling.assign(True)
+
+    def on_train_end(self, logs=None):
+        self._training = False
+        self.loss.sampling.assign(False)
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
-        if self.loss.update_rule == "none" or self._batches % self.every_n_batches:
+        if not self.loss.decision_variables or self._batches % self.settings.every:
             return
         x, y = next(self._train_iter)
         x_val, y_val = next(self._val_iter)
-        metrics = self._step_fn(x, y, x_val, y_val)
+        metrics = self._decide(self.loss.step - 1, x, y, x_val, y_val)  # re-draws the step just taken
         self.history.append({k: float(tf.reduce_mean(v)) for k, v in metrics.items() if k != "scores"})
 
     def on_test_begin(self, logs=None):
-        self.loss.sampling.assign(False)
+        self.loss.sampling.assign(False)  # validation inside fit, or evaluate() with this callback
 
     def on_test_end(self, logs=None):
-        self.loss.sampling.assign(True)
+        self.loss.sampling.assign(self._training)
 
     def on_predict_begin(self, logs=None):
         self.loss.sampling.assign(False)
+
+    def on_predict_end(self, logs=None):
+        self.loss.sampling.assign(self._training)

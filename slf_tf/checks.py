@@ -26,14 +26,18 @@ def static_value(x: Any) -> Any:
         return None
 
 
-def check_temperature(temperature: Any, name: str = "temperature") -> None:
-    """Raises ``ValueError`` if a statically known temperature is not finite and > 0."""
-    value = static_value(temperature)
-    if value is None:  # a symbolic tensor (e.g. a schedule inside tf.function)
+def check_positive(value: Any, name: str) -> None:
+    """Raises ``ValueError`` naming ``name`` if a statically known value is not finite and > 0.
+
+    Used for temperatures, step sizes and scales; symbolic tensors (e.g. a
+    schedule's value inside ``tf.function``) are not checked.
+    """
+    known = static_value(value)
+    if known is None:
         return
-    arr = np.asarray(value, dtype=np.float64)
+    arr = np.asarray(known, dtype=np.float64)
     if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
+        raise ValueError(f"{name} must be a finite number > 0; got {known!r}.")
 
 
 def check_k(k: Any, allow_inf: bool = False) -> None:

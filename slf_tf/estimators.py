@@ -33,8 +33,11 @@ import abc
 from typing import Any
 
 import tensorflow as tf
+import tensorflow_probability as tfp
 
-from slf_tf import checks, gumbel
+from slf_tf import checks, gumbel, rng
+
+tfd = tfp.distributions
 
 __all__ = [
     "Estimator",
@@ -57,7 +60,7 @@ __all__ = [
 # --------------------------------------------------------------------------- #
 
 
-def binary_gate(s: tf.Tensor, threshold: float = 0.5, clip: float | None = None) -> tf.Tensor:
+def binary_gate(s: tf.Tensor, threshold: float = 0.5, clip: float | None = None, keep_top: bool = False) -> tf.Tensor:
     """The B() gate: forward ``1[s >= threshold]``; backward straight-through.
 
     Args:
@@ -66,12 +69,16 @@ def binary_gate(s: tf.Tensor, threshold: float = 0.5, clip: float | None = None)
       clip: if set, the gradient passes only where ``|s - threshold| <= clip``
         (zero elsewhere), like a hard-tanh straight-through estimator; None
         passes it everywhere (identity).
+      keep_top: also open the gate of the largest entry along the last axis, so
+        that at least one entry is always selected (what SLF's selection uses).
 
     Returns:
       A tensor like ``s`` with values exactly 0 or 1.
     """
     s = tf.convert_to_tensor(s)
     hard = tf.cast(s >= threshold, s.dtype)
+    if keep_top:
+        hard = tf.maximum(hard, tf.one_hot(tf.argmax(s, axis=-1), tf.shape(s)[-1], dtype=s.dtype))
     if clip is None:
         soft = s
     else:
@@ -81,8 +88,9 @@ def binary_gate(s: tf.Tensor, threshold: float = 0.5, clip: float | None = None)
 
 
 def categorical_log_prob(logits: tf.Tensor, one_hot: tf.Tensor) -> tf.Tensor:
-    """``log p(d)`` of a one-hot ``d`` under ``Categorical(logits)``, shape ``[...]``."""
-    return tf.reduce_sum(tf.stop_gradient(one_hot) * tf.nn.log_softmax(logits, axis=-1), axis=-1)
+    """``log p(d)`` of a one-hot ``d`` under ``Categorical(logits)``, shape ``[...]`` (TFP's ``OneHotCategorical``)."""
+    logits = tf.convert_to_tensor(logits)
+    return tfd.OneHotCategorical(logits=logits, dtype=logits.dtype).log_prob(tf.stop_gradient(one_hot))
 
 
 def score_function_surrogate(cost: tf.Tensor, log_prob: tf.Tensor, baseline: Any = 0.0) -> tf.Tensor:
@@ -152,12 +160,23 @@ def ils_sample(
     Returns:
       ``[..., N]`` one-hot in the dtype of ``logits``.
     """
+    logits = checks.check_logits(logits)
+    return with_ils_gradient(logits, gumbel.gumbel_max(tf.stop_gradient(logits), seed), step_size, variant, loss_scale)
+
+
+def with_ils_gradient(
+    logits: tf.Tensor, draw: tf.Tensor, step_size: float = 0.1, variant: str = "corrected", loss_scale: float = 1.0
+) -> tf.Tensor:
+    """``draw`` (one-hot ``[..., N]``, drawn from ``logits``) carrying the ILS gradient into ``logits``.
+
+    :func:`ils_sample` is this applied to a Gumbel-Max draw; SLF's selection
+    applies it to draws from TFP's ``OneHotCategorical``.
+    """
     if variant not in ("corrected", "reference"):
         raise ValueError(f'variant must be "corrected" or "reference"; got {variant!r}.')
-    checks.check_temperature(step_size, name="step_size")
-    checks.check_temperature(loss_scale, name="loss_scale")
-    logits = checks.check_logits(logits)
-    draw = gumbel.gumbel_max(tf.stop_gradient(logits), seed)
+    checks.check_positive(step_size, name="step_size")
+    checks.check_positive(loss_scale, name="loss_scale")
+    draw = tf.stop_gradient(tf.cast(draw, logits.dtype))
 
     @tf.custom_gradient
     def _draw(z):
@@ -186,13 +205,35 @@ def ils_sample(
 
 
 class Estimator(tf.Module, abc.ABC):
-    """A way to draw ``[..., N]`` categorical samples and differentiate through them."""
+    """A way to draw ``[..., N]`` categorical samples and differentiate through them.
+
+    Two ways to sample: :meth:`sample`, the toolkit's fast kernels (one draw per
+    row of ``logits``), and :meth:`draw`, ``k`` draws per row from the TFP
+    distribution :meth:`distribution` (what SLF's selection uses, so that its
+    draws, log-probabilities and entropy are TFP's). Both carry this estimator's
+    gradient and follow the same distribution (tested).
+    """
 
     name: str = "estimator"
 
+    #: True when the gradient flows through the sample itself (no surrogate needed).
+    pathwise: bool = True
+
     @abc.abstractmethod
-    def sample(self, logits: tf.Tensor, seed: checks.Seed = None) -> tf.Tensor:
-        """Returns the sample used in the forward pass, ``[..., N]``."""
+    def sample(self, logits: tf.Tensor, seed: checks.Seed = None, temperature: Any = None) -> tf.Tensor:
+        """Returns the sample used in the forward pass, ``[..., N]``.
+
+        ``temperature`` overrides the estimator's own for this call (e.g. a
+        schedule's value at this step); estimators without one ignore it.
+        """
+
+    @abc.abstractmethod
+    def distribution(self, logits: tf.Tensor, temperature: Any = None) -> tfd.Distribution:
+        """The TFP distribution of this estimator's forward samples (before straight-through rounding)."""
+
+    def draw(self, logits: tf.Tensor, k: int, seed: checks.Seed, temperature: Any = None) -> tf.Tensor:
+        """``k`` draws ``[k, ..., N]`` from :meth:`distribution`, carrying this estimator's gradient."""
+        return self.distribution(logits, temperature).sample(k, seed=tfp_seed(seed))
 
     def surrogate(self, cost: tf.Tensor, logits: tf.Tensor, sample: tf.Tensor) -> tf.Tensor:
         """A tensor equal to ``cost`` whose gradient is this estimator's gradient."""
@@ -203,6 +244,11 @@ class Estimator(tf.Module, abc.ABC):
         return {}
 
 
+def tfp_seed(seed: checks.Seed) -> tf.Tensor:
+    """A stateless seed as TFP wants it: int32 ``[2]`` (int64 seeds wrap, deterministically)."""
+    return tf.cast(rng.as_seed(seed), tf.int32)
+
+
 class GumbelSoftmaxEstimator(Estimator):
     """Relaxed Gumbel-Softmax sample with its pathwise gradient."""
 
@@ -210,11 +256,18 @@ class GumbelSoftmaxEstimator(Estimator):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__(name=self.name)
-        checks.check_temperature(temperature)
+        checks.check_positive(temperature, name="temperature")
         self.temperature = temperature
 
-    def sample(self, logits, seed=None):
-        return gumbel.gumbel_softmax(logits, self.temperature, hard=False, seed=seed)
+    def _tau(self, temperature: Any) -> Any:
+        return self.temperature if temperature is None else temperature
+
+    def sample(self, logits, seed=None, temperature=None):
+        return gumbel.gumbel_softmax(logits, self._tau(temperature), hard=False, seed=seed)
+
+    def distribution(self, logits, temperature=None):
+        logits = tf.convert_to_tensor(logits)
+        return tfd.RelaxedOneHotCategorical(tf.cast(self._tau(temperature), logits.dtype), logits=logits)
 
     def get_config(self):
         return {"temperature": self.temperature}
@@ -225,8 +278,11 @@ class StraightThroughEstimator(GumbelSoftmaxEstimator):
 
     name = "straight_through"
 
-    def sample(self, logits, seed=None):
-        return gumbel.gumbel_softmax(logits, self.temperature, hard=True, seed=seed)
+    def sample(self, logits, seed=None, temperature=None):
+        return gumbel.gumbel_softmax(logits, self._tau(temperature), hard=True, seed=seed)
+
+    def draw(self, logits, k, seed, temperature=None):
+        return gumbel.straight_through(super().draw(logits, k, seed, temperature))
 
 
 class ScoreFunctionEstimator(Estimator):
@@ -241,6 +297,7 @@ class ScoreFunctionEstimator(Estimator):
     """
 
     name = "score_function"
+    pathwise = False
     BASELINES = ("moving_average", "leave_one_out", "none")
 
     def __init__(self, baseline: str = "moving_average", decay: float = 0.9):
@@ -251,11 +308,24 @@ class ScoreFunctionEstimator(Estimator):
             raise ValueError(f"decay must be in [0, 1); got {decay!r}.")
         self.baseline_kind = baseline
         self.decay = decay
-        self.moving_average = tf.Variable(0.0, trainable=False, name="baseline")
-        self._initialized = tf.Variable(False, trainable=False, name="baseline_initialized")
+        # On-read, first-replica: under a tf.distribute strategy each replica updates its own
+        # copy from the same (all-reduced) costs, with no synchronisation in the step.
+        on_read = {
+            "synchronization": tf.VariableSynchronization.ON_READ,
+            "aggregation": tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        }
+        self.moving_average = tf.Variable(0.0, trainable=False, name="baseline", **on_read)
+        self._initialized = tf.Variable(False, trainable=False, name="baseline_initialized", **on_read)
 
-    def sample(self, logits, seed=None):
+    def sample(self, logits, seed=None, temperature=None):
         return tf.stop_gradient(gumbel.gumbel_max(logits, seed))
+
+    def distribution(self, logits, temperature=None):
+        logits = tf.convert_to_tensor(logits)
+        return tfd.OneHotCategorical(logits=logits, dtype=logits.dtype)
+
+    def draw(self, logits, k, seed, temperature=None):
+        return tf.stop_gradient(super().draw(logits, k, seed, temperature))
 
     def surrogate(self, cost, logits, sample):
         log_prob = categorical_log_prob(logits, sample)
@@ -289,16 +359,26 @@ class IntermediateLossEstimator(Estimator):
 
     def __init__(self, step_size: float = 0.1, variant: str = "corrected", loss_scale: float = 1.0):
         super().__init__(name=self.name)
-        checks.check_temperature(step_size, name="step_size")
-        checks.check_temperature(loss_scale, name="loss_scale")
+        checks.check_positive(step_size, name="step_size")
+        checks.check_positive(loss_scale, name="loss_scale")
         if variant not in ("corrected", "reference"):
             raise ValueError(f'variant must be "corrected" or "reference"; got {variant!r}.')
         self.step_size = step_size
         self.variant = variant
         self.loss_scale = loss_scale
 
-    def sample(self, logits, seed=None):
+    def sample(self, logits, seed=None, temperature=None):
         return ils_sample(logits, self.step_size, seed=seed, variant=self.variant, loss_scale=self.loss_scale)
+
+    def distribution(self, logits, temperature=None):
+        logits = tf.convert_to_tensor(logits)
+        return tfd.OneHotCategorical(logits=logits, dtype=logits.dtype)
+
+    def draw(self, logits, k, seed, temperature=None):
+        logits = tf.convert_to_tensor(logits)
+        draws = super().draw(tf.stop_gradient(logits), k, seed, temperature)
+        tiled = tf.broadcast_to(logits, tf.shape(draws))
+        return with_ils_gradient(tiled, draws, self.step_size, self.variant, self.loss_scale)
 
     def get_config(self):
         return {"step_size": self.step_size, "variant": self.variant, "loss_scale": self.loss_scale}

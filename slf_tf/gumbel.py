@@ -85,13 +85,13 @@ def gumbel_sample(
     dtype: tf.DType = tf.float32,
 ) -> tf.Tensor:
     """Samples Gumbel(loc, scale): ``loc + scale * g``."""
-    checks.check_temperature(scale, name="scale")
+    checks.check_positive(scale, name="scale")
     return tf.cast(loc, dtype) + tf.cast(scale, dtype) * gumbel_noise(shape, seed, dtype)
 
 
 def _gumbel(x: Any, loc: Any, scale: Any) -> tuple[tf.Tensor, tfd.Gumbel]:
     """Returns ``x`` as a tensor and a TFP Gumbel in its dtype (float32 for Python numbers)."""
-    checks.check_temperature(scale, name="scale")
+    checks.check_positive(scale, name="scale")
     x = checks.as_tensor(x)
     return x, tfd.Gumbel(loc=tf.cast(loc, x.dtype), scale=tf.cast(scale, x.dtype))
 
@@ -176,7 +176,7 @@ def gumbel_softmax(
     Returns:
       ``[..., N]`` in the dtype of ``logits``, rows on the simplex.
     """
-    checks.check_temperature(temperature)
+    checks.check_positive(temperature, name="temperature")
     logits, noisy = _noisy_logits(logits, seed)
     y = tf.nn.softmax(noisy * (1.0 / tf.cast(temperature, noisy.dtype)), axis=-1)
     if hard:
@@ -192,7 +192,7 @@ def log_gumbel_softmax(logits: Any, temperature: float | tf.Tensor, seed: checks
     log-probabilities below the dtype's most negative finite value are clamped
     to it.
     """
-    checks.check_temperature(temperature)
+    checks.check_positive(temperature, name="temperature")
     logits, noisy = _noisy_logits(logits, seed)
     log_y = tf.nn.log_softmax(noisy / tf.cast(temperature, noisy.dtype), axis=-1)
     if logits.dtype != log_y.dtype:  # half types: clamp what they cannot hold instead of -inf
@@ -224,7 +224,7 @@ def multi_gumbel_softmax(
       ``[..., N]`` soft counts in the dtype of ``logits``; each row sums to ``k``.
     """
     checks.check_k(k)
-    checks.check_temperature(temperature)
+    checks.check_positive(temperature, name="temperature")
     logits, noisy = _noisy_logits(logits, seed, extra_shape=(k,))
     y = tf.nn.softmax(noisy / tf.cast(temperature, noisy.dtype), axis=-1)
     if hard:

@@ -45,7 +45,7 @@ class ConstantTemperature(TemperatureSchedule):
     """``tau(t) = value``."""
 
     def __init__(self, value: float = 1.0):
-        checks.check_temperature(value)
+        checks.check_positive(value, name="temperature")
         self.value = float(value)
 
     def __call__(self, step):
@@ -61,8 +61,8 @@ class ExponentialAnneal(TemperatureSchedule):
     """``tau(t) = max(minimum, initial * exp(-rate * t))`` (Jang et al., 2017)."""
 
     def __init__(self, initial: float = 5.0, rate: float = 1e-3, minimum: float = 0.5):
-        checks.check_temperature(initial, name="initial")
-        checks.check_temperature(minimum, name="minimum")
+        checks.check_positive(initial, name="initial")
+        checks.check_positive(minimum, name="minimum")
         if not (math.isfinite(rate) and rate >= 0):
             raise ValueError(f"rate must be a finite number >= 0; got {rate!r}.")
         self.initial, self.rate, self.minimum = float(initial), float(rate), float(minimum)
@@ -80,8 +80,8 @@ class CosineAnneal(TemperatureSchedule):
     """Half-cosine from ``initial`` to ``final`` over ``decay_steps``, then ``final``."""
 
     def __init__(self, initial: float = 5.0, final: float = 0.5, decay_steps: int = 1000):
-        checks.check_temperature(initial, name="initial")
-        checks.check_temperature(final, name="final")
+        checks.check_positive(initial, name="initial")
+        checks.check_positive(final, name="final")
         if isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps < 1:
             raise ValueError(f"decay_steps must be an integer >= 1; got {decay_steps!r}.")
         self.initial, self.final, self.decay_steps = float(initial), float(final), int(decay_steps)

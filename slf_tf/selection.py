@@ -1,11 +1,14 @@
 """From decision logits to loss coefficients: K draws, the B() gate, renormalised weights.
 
-    s = sum_{k=1..K} y^(k)            K relaxed (or straight-through / ILS / exact) draws from alpha
-    a = B(s) = 1[s >= theta]          straight-through gate (the top entry is always kept)
-    b = softmax(beta) over a          weighting "selected" (or "all", or "none")
-    c = a * b                         the coefficients of L_SLF = sum_i c_i L_i
+    s = sum_{k=1..K} y^(k)     K draws from Categorical(alpha) by an estimator (TFP distributions)
+    a = B(s) = 1[s >= theta]   straight-through gate; the top entry is always kept
+    b = softmax(beta)          renormalised over the selected set ("selected"), or not ("all"), or ones ("none")
+    c = a * b                  the coefficients of L_SLF = sum_i c_i L_i
 
-``k="inf"`` selects every candidate: the softmax-weighting case.
+``k="inf"`` selects every candidate (a = 1): the softmax-weighting case. Which
+estimator draws the ``y^(k)`` decides the gradient ``dc/dalpha``: ``relaxed``
+(Gumbel-Softmax, pathwise), ``straight_through``, ``ils`` or ``reinforce`` (exact
+draws; the decision update then uses the score function). See docs/design.md.
 """
 
 from __future__ import annotations
@@ -16,21 +19,45 @@ import tensorflow as tf
 
 from slf_tf import checks, estimators, gumbel
 
-__all__ = ["ESTIMATORS", "WEIGHTINGS", "Selection", "expected_coefficients", "select"]
+__all__ = [
+    "ESTIMATORS",
+    "WEIGHTINGS",
+    "Selection",
+    "check_options",
+    "create_estimator",
+    "expected_coefficients",
+    "is_softmax",
+    "mask",
+    "sample",
+]
 
-ESTIMATORS = ("relaxed", "straight_through", "reinforce", "ils")
+# Selection estimator name -> the toolkit estimator that draws and differentiates.
+ESTIMATORS = {
+    "relaxed": "gumbel_softmax",
+    "straight_through": "straight_through",
+    "reinforce": "score_function",
+    "ils": "ils",
+}
 WEIGHTINGS = ("selected", "all", "none")
 
 
 class Selection(NamedTuple):
-    coefficients: tf.Tensor  # c [N]
-    gate: tf.Tensor  # a [N], values in {0, 1}
-    weights: tf.Tensor  # b [N]
-    counts: tf.Tensor  # s [N], soft counts of the K draws
-    log_prob: tf.Tensor  # log-probability of the exact draws (reinforce), else 0
+    """One step's choice; every field ``[N]`` except ``draws`` ``[K, N]``."""
+
+    coefficients: tf.Tensor  # c = a * b (before masking non-finite candidates)
+    gate: tf.Tensor  # a, values in {0, 1}
+    weights: tf.Tensor  # b
+    soft_counts: tf.Tensor  # s, the sum of the K draws
+    draws: tf.Tensor | None  # the K draws (None for k = "inf")
+
+
+def is_softmax(k: Any) -> bool:
+    """True for ``k = "inf"`` (or float inf): every candidate selected, softmax weighting."""
+    return k == "inf" or (isinstance(k, float) and k == float("inf"))
 
 
 def check_options(k: Any, estimator: str, weighting: str) -> None:
+    """Raises ``ValueError`` naming the bad value and the allowed ones."""
     checks.check_k(k, allow_inf=True)
     if estimator not in ESTIMATORS:
         raise ValueError(f"Unknown selection estimator {estimator!r}; known: {list(ESTIMATORS)}.")
@@ -38,95 +65,77 @@ def check_options(k: Any, estimator: str, weighting: str) -> None:
         raise ValueError(f"Unknown weighting {weighting!r}; known: {list(WEIGHTINGS)}.")
 
 
-def _is_inf(k: Any) -> bool:
-    return k == "inf" or (isinstance(k, float) and k == float("inf"))
+def create_estimator(estimator: str, ils_step_size: float = 0.1) -> estimators.Estimator:
+    """The toolkit estimator behind a selection estimator name (from :mod:`slf_tf.estimators`' registry)."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"Unknown selection estimator {estimator!r}; known: {list(ESTIMATORS)}.")
+    name = ESTIMATORS[estimator]
+    kwargs = {"step_size": ils_step_size} if name == "ils" else {}
+    return estimators.get(name, **kwargs)
 
 
-def _gate(s: tf.Tensor, threshold: float) -> tf.Tensor:
-    """B(s), keeping the largest entry so that at least one loss is always selected."""
-    top = tf.one_hot(tf.argmax(s), tf.shape(s)[0], dtype=s.dtype)
-    hard = tf.maximum(tf.cast(s >= threshold, s.dtype), top)
-    return hard + (s - tf.stop_gradient(s))
-
-
-def _combine(presence: tf.Tensor, beta: tf.Tensor, finite: tf.Tensor, weighting: str):
-    """Coefficients from (possibly fractional) presence ``a`` and weight logits ``beta``."""
-    finite = tf.cast(finite, presence.dtype)
-    a = presence * finite
-    # A selected set wiped out by masking falls back to every finite candidate.
-    a = tf.where(tf.reduce_sum(tf.stop_gradient(a)) > 0, a, finite + (a - tf.stop_gradient(a)))
+def _weigh(presence: tf.Tensor, beta: tf.Tensor, weighting: str) -> tuple[tf.Tensor, tf.Tensor]:
+    """``(b, c)`` from presence ``a`` (0/1, or inclusion probabilities) and weight logits ``beta``."""
     if weighting == "none":
-        b = tf.ones_like(beta)
-        c = a / tf.maximum(tf.reduce_sum(a), 1e-12)
-    elif weighting == "all":
-        b = tf.nn.softmax(beta)
-        c = a * b
-    else:  # "selected": softmax over the selected set
-        e = tf.exp(beta - tf.reduce_max(beta)) * a
-        b = tf.nn.softmax(beta)
-        c = e / tf.maximum(tf.reduce_sum(e), 1e-30)
-    return a, b, c
+        return tf.ones_like(beta), presence / tf.maximum(tf.reduce_sum(presence), 1e-12)
+    b = tf.nn.softmax(beta)
+    if weighting == "all":
+        return b, presence * b
+    e = tf.exp(beta - tf.reduce_max(beta)) * presence  # "selected": softmax over the selected set
+    return b, e / tf.maximum(tf.reduce_sum(e), 1e-30)
 
 
-def select(
+def sample(
+    estimator: estimators.Estimator,
     alpha: tf.Tensor,
     beta: tf.Tensor,
     *,
     k: int | str,
     temperature: Any,
     seed: Any,
-    finite: tf.Tensor | None = None,
-    estimator: str = "relaxed",
     weighting: str = "selected",
     threshold: float = 0.5,
-    ils_step_size: float = 0.1,
 ) -> Selection:
-    """Samples the coefficients ``c [N]`` (differentiable wrt alpha and beta by ``estimator``).
+    """Samples the coefficients ``c [N]``, differentiable wrt ``alpha`` (by the estimator) and ``beta``.
 
     Args:
+      estimator: draws ``[K, N]`` and decides the gradient (:func:`create_estimator`).
       alpha, beta: ``[N]`` selection and weight logits.
       k: the number of draws (>= 1) or ``"inf"``.
-      temperature: scalar > 0 for the relaxed draws.
+      temperature: scalar > 0 of the relaxed draws.
       seed: stateless seed; the same seed gives the same selection.
-      finite: ``[N]`` bool, False for candidates masked this step.
-      estimator: ``relaxed`` | ``straight_through`` | ``reinforce`` | ``ils``.
       weighting: ``selected`` | ``all`` | ``none``.
       threshold: theta of the gate.
-      ils_step_size: c of the ILS estimator.
     """
-    n = tf.shape(alpha)[0]
-    finite = tf.ones([n], tf.bool) if finite is None else finite
-    log_prob = tf.zeros([], alpha.dtype)
-    if _is_inf(k):
-        counts = tf.ones_like(alpha)
-        presence = counts
+    if is_softmax(k):
+        draws, soft_counts = None, tf.ones_like(alpha)
+        gate = soft_counts
     else:
-        tiled = tf.tile(alpha[None], [k, 1])
-        if estimator == "relaxed":
-            counts = gumbel.multi_gumbel_softmax(alpha, k, temperature, seed=seed)
-        elif estimator == "straight_through":
-            counts = gumbel.multi_gumbel_softmax(alpha, k, temperature, hard=True, seed=seed)
-        elif estimator == "ils":
-            counts = tf.reduce_sum(estimators.ils_sample(tiled, ils_step_size, seed=seed), axis=0)
-        else:  # reinforce: exact draws; the gradient comes from log_prob in the decision update
-            draws = tf.stop_gradient(gumbel.gumbel_max(tiled, seed=seed))
-            counts = tf.reduce_sum(draws, axis=0)
-            log_prob = tf.reduce_sum(estimators.categorical_log_prob(tiled, draws))
-        presence = _gate(counts, threshold)
-    a, b, c = _combine(presence, beta, finite, weighting)
-    return Selection(c, a, b, counts, log_prob)
+        draws = estimator.draw(alpha, k, seed, temperature)
+        soft_counts = tf.reduce_sum(draws, axis=0)
+        gate = estimators.binary_gate(soft_counts, threshold, keep_top=True)
+    weights, coefficients = _weigh(gate, beta, weighting)
+    return Selection(coefficients, gate, weights, soft_counts, draws)
 
 
-def expected_coefficients(
-    alpha: tf.Tensor,
-    beta: tf.Tensor,
-    *,
-    k: int | str,
-    finite: tf.Tensor | None = None,
-    weighting: str = "selected",
-) -> tf.Tensor:
-    """Noise-free coefficients for evaluation: inclusion probability ``1 - (1 - p)^K`` in place of ``a``."""
-    n = tf.shape(alpha)[0]
-    finite = tf.ones([n], tf.bool) if finite is None else finite
-    presence = gumbel.inclusion_probabilities(alpha, k)
-    return _combine(presence, beta, finite, weighting)[2]
+def expected_coefficients(alpha: tf.Tensor, beta: tf.Tensor, *, k: int | str, weighting: str = "selected") -> tf.Tensor:
+    """Noise-free coefficients: the inclusion probability ``1 - (1 - p)^K`` in place of the gate ``a``."""
+    return _weigh(gumbel.inclusion_probabilities(alpha, k), beta, weighting)[1]
+
+
+def mask(coefficients: tf.Tensor, finite: tf.Tensor, fallback: tf.Tensor) -> tf.Tensor:
+    """Drops non-finite candidates from ``c`` and spreads their share over the rest.
+
+    The total ``sum(c)`` is kept (all-finite: ``c`` unchanged). If every selected
+    candidate is non-finite, the total goes to the finite ones in proportion to
+    ``fallback`` (the weights ``b``); if none is finite, ``c`` is all zeros.
+    Differentiable in ``coefficients``.
+    """
+    f = tf.cast(finite, coefficients.dtype)
+    total = tf.reduce_sum(coefficients)
+    kept = coefficients * f
+    spread = tf.cast(fallback, coefficients.dtype) * f
+    kept_sum, spread_sum = tf.reduce_sum(kept), tf.reduce_sum(spread)
+    use_kept = tf.stop_gradient(kept_sum) > 0
+    scale = total / tf.maximum(tf.where(use_kept, kept_sum, spread_sum), 1e-30)  # exactly 1 when all are finite
+    return tf.where(use_kept, kept, spread) * scale

@@ -1,27 +1,26 @@
 """Losses that combine a bag of candidates: SLF and its baselines, behind one API.
 
 Every strategy is a ``keras.losses.Loss`` that drops into ``model.compile(loss=...)``
-and into the custom-loop trainer alike::
+and into the training step (:mod:`slf_tf.train_step`) alike::
 
     loss = slf_tf.StochasticLoss(["cross_entropy", "focal(gamma=2.0)", "mae"], k=3, seed=0)
-    model.compile(optimizer="adam", loss=loss)
 
-Calling it returns the per-example ``sum_i c_i l_i`` (Keras then averages over the
-batch, giving ``L = sum_i c_i L_i``), with ``c`` held fixed (no gradient into the
-decision network). Non-finite candidates are masked for that step and counted.
+One step of any strategy: :meth:`CombinedLoss.sample` chooses coefficients ``c``
+(differentiable wrt :attr:`~CombinedLoss.decision_variables`),
+:meth:`CombinedLoss.candidate_losses` evaluates the bag on a batch, and
+:meth:`CombinedLoss.combine` turns them into the per-example objective
+``sum_i c_i l_i`` (non-finite candidates masked). :meth:`CombinedLoss.decision_loss`
+is the strategy's rule for its decision variables, and :meth:`CombinedLoss.record`
+the step's bookkeeping. Strategies (docs/design.md, "Baselines"), all made by
+:func:`create_loss`:
 
-Strategies (DESIGN 1.6), all created by :func:`create_loss`:
-  * ``slf``: :class:`StochasticLoss`, K Gumbel-Softmax draws + B() gate, learned by
-    the validation hypergradient (:mod:`slf_tf.hypergrad`).
-  * ``softmax``: ``StochasticLoss(k="inf")``: softmax weighting, same hypergradient.
+  * ``slf``: :class:`StochasticLoss`, K draws + the B() gate, learned by the
+    validation hypergradient.  ``softmax``: the same with ``k="inf"``.
   * ``fixed``: one named candidate.  ``uniform``: the mean of the bag.
   * ``random``: a random subset each step (K uniform draws), nothing learned.
-  * ``uncertainty``: Kendall et al. 2018, learned log-variance per loss, trained on
-    the training loss.  ``softadapt``: Heydari et al. 2019, weights = softmax of
-    the recent relative loss slopes.
-
-What each step chose is kept in variables for logging: ``last_losses``,
-``last_coefficients``, ``last_gate``, ``last_weights``, ``selection_probabilities()``.
+  * ``uncertainty``: Kendall et al. 2018, learned log-variance per loss, trained
+    on the training loss.  ``softadapt``: Heydari et al. 2019, weights = softmax
+    of the recent relative loss slopes.
 """
 
 from __future__ import annotations
@@ -33,8 +32,9 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
-from slf_tf import checks, gumbel, rng, schedules, selection
+from slf_tf import checks, distributed, gumbel, rng, schedules, selection
 from slf_tf import decision as decision_lib
 from slf_tf.losses import LossBag
 from slf_tf.losses import get as get_candidate
@@ -51,16 +51,25 @@ __all__ = [
     "create_loss",
 ]
 
+tfd = tfp.distributions
 _DEFAULT_VALIDATION_LOSS = {"classification": "cross_entropy", "regression": "mse", "binary": "bce"}
+
+
+def _state(init: Any, dtype: str = "float32", name: str | None = None) -> keras.Variable:
+    """A non-trainable state variable. On-read, first-replica under a tf.distribute strategy:
+    every replica updates its own copy from the same (all-reduced) inputs, with no synchronisation."""
+    return keras.Variable(
+        init,
+        dtype=dtype,
+        trainable=False,
+        synchronization="on_read",
+        aggregation="only_first_replica",
+        name=name,
+    )
 
 
 class CombinedLoss(keras.losses.Loss):
     """Base class: a bag of candidates combined by coefficients ``c [N]`` chosen per step.
-
-    Subclasses define :meth:`select` (the coefficients for this step, differentiable
-    wrt :attr:`decision_variables`) and :attr:`update_rule`: ``"none"``,
-    ``"hypergradient"`` (validation hypergradient) or ``"training_objective"``
-    (minimise :meth:`decision_objective` on the training losses).
 
     Args:
       losses: candidate names, e.g. ``["cross_entropy", "focal(gamma=2.0)"]``.
@@ -69,15 +78,25 @@ class CombinedLoss(keras.losses.Loss):
       normalize: divide each ``L_i`` by a running mean of its magnitude before
         combining, so that no candidate wins by scale alone.
       seed: stateless seed; step t uses ``rng.step_seed(seed, t)``.
-      validation_loss: the candidate name of the validation objective of the
+      validation_loss: the candidate name of the validation objective ``J`` of the
         hypergradient (default: cross_entropy / mse / bce by task).
       ema_decay: decay of the running means (loss scale, log-losses, validation).
       total_steps: length of training, for the progress feature of the ``state``
         decision network (0: unknown; progress stays 0).
+
+    As a compiled Keras loss it returns the per-example ``sum_i c_i l_i`` with
+    ``c`` held fixed. It samples (and advances its state) only while
+    :attr:`sampling` is on, which :class:`slf_tf.callbacks.DecisionUpdate` turns on
+    for training batches; otherwise -- ``evaluate``, ``predict``, validation, or a
+    ``fit`` without the callback -- it uses the noise-free
+    :meth:`expected_coefficients` and changes no state.
     """
 
     strategy = "base"
-    update_rule = "none"
+    #: The decision update needs the validation hypergradient (the lookahead).
+    needs_lookahead = False
+    #: The decision update also needs J(w), the validation loss before the virtual step.
+    needs_val_loss_before = False
 
     def __init__(
         self,
@@ -105,25 +124,16 @@ class CombinedLoss(keras.losses.Loss):
         self.validation_loss_spec = validation_loss or _DEFAULT_VALIDATION_LOSS[task]
         self.validation_loss = get_candidate(self.validation_loss_spec, task=task, from_logits=from_logits)
         n = len(self.bag)
+        self.step = _state(0, "int64", name="step")  # training steps taken
+        self.sampling = _state(False, "bool", name="sampling")
+        # [loss scale (N), running log L_i (N), running validation loss, initialised]
+        self.running = _state(np.concatenate([np.ones(n), np.zeros(n + 2)]).astype(np.float32), name="running")
+        # [times selected (N), sum P(selected) (N), sum of weights (N), masked (N), skipped steps]
+        self.totals = _state(np.zeros(4 * n + 1, np.float32), name="totals")
+        # [losses, coefficients, gate, weights] of the last training step, [4, N]
+        self.last = _state(np.zeros((4, n), np.float32), name="last")
 
-        def state(shape, init, dtype="float32", name=None):
-            return keras.Variable(init(shape, dtype) if callable(init) else init, trainable=False, name=name)
-
-        self.step = keras.Variable(0, dtype="int64", trainable=False, name="step")
-        self.sampling = keras.Variable(True, dtype="bool", trainable=False, name="sampling")
-        self.last_losses = state((n,), tf.zeros, name="last_losses")
-        self.last_coefficients = state((n,), tf.zeros, name="last_coefficients")
-        self.last_gate = state((n,), tf.zeros, name="last_gate")
-        self.last_weights = state((n,), tf.zeros, name="last_weights")
-        self.selection_counts = state((n,), tf.zeros, name="selection_counts")  # sum of a over steps
-        self.masked_counts = state((n,), tf.zeros, name="masked_counts")
-        self.skipped_steps = keras.Variable(0, dtype="int64", trainable=False, name="skipped_steps")
-        self.loss_scale = state((n,), tf.ones, name="loss_scale")
-        self.running_log_losses = state((n,), tf.zeros, name="running_log_losses")
-        self.running_val_loss = keras.Variable(0.0, trainable=False, name="running_val_loss")
-        self._stats_initialized = keras.Variable(False, dtype="bool", trainable=False, name="stats_initialized")
-
-    # ------------------------------------------------------------------ API --
+    # ------------------------------------------------------------ state views --
 
     @property
     def names(self) -> list[str]:
@@ -133,6 +143,25 @@ class CombinedLoss(keras.losses.Loss):
     def num_losses(self) -> int:
         return len(self.bag)
 
+    def _part(self, variable: keras.Variable, i: int) -> tf.Tensor:
+        n = self.num_losses
+        return tf.convert_to_tensor(variable)[i * n : (i + 1) * n]
+
+    last_losses = property(lambda self: tf.convert_to_tensor(self.last)[0], doc="Candidate losses L_i, last step.")
+    last_coefficients = property(lambda self: tf.convert_to_tensor(self.last)[1], doc="c used in the last step.")
+    last_gate = property(lambda self: tf.convert_to_tensor(self.last)[2], doc="The gate a of the last step.")
+    last_weights = property(lambda self: tf.convert_to_tensor(self.last)[3], doc="The weights b of the last step.")
+    times_selected = property(
+        lambda self: self._part(self.totals, 0), doc="Steps in which each candidate was selected."
+    )
+    probability_sums = property(lambda self: self._part(self.totals, 1), doc="Sum over steps of P(selected).")
+    weight_sums = property(lambda self: self._part(self.totals, 2), doc="Sum over steps of the weights b.")
+    masked_counts = property(lambda self: self._part(self.totals, 3), doc="Steps in which each candidate was masked.")
+    skipped_steps = property(lambda self: tf.convert_to_tensor(self.totals)[-1], doc="Steps with no finite candidate.")
+    loss_scale = property(lambda self: self._part(self.running, 0), doc="Running mean of |L_i|.")
+    running_log_losses = property(lambda self: self._part(self.running, 1), doc="Running mean of log L_i.")
+    running_val_loss = property(lambda self: tf.convert_to_tensor(self.running)[-2], doc="Running validation loss.")
+
     @property
     def decision_variables(self) -> list:
         """Variables trained by the decision update (empty: nothing is learned)."""
@@ -141,106 +170,122 @@ class CombinedLoss(keras.losses.Loss):
     @property
     def state_variables(self) -> list:
         """Everything a checkpoint must hold to resume this loss exactly."""
-        return [
-            self.step,
-            self.last_losses,
-            self.last_coefficients,
-            self.last_gate,
-            self.last_weights,
-            self.selection_counts,
-            self.masked_counts,
-            self.skipped_steps,
-            self.loss_scale,
-            self.running_log_losses,
-            self.running_val_loss,
-            self._stats_initialized,
-        ]
+        return [self.step, self.running, self.totals, self.last]
+
+    # ------------------------------------------------------------- the choice --
 
     def features(self) -> tf.Tensor:
         """Training-state features ``[progress, running log L_i, running validation loss]``."""
-        progress = (
-            tf.minimum(tf.cast(self.step.value, tf.float32) / self.total_steps, 1.0)
-            if self.total_steps > 0
-            else tf.zeros([])
-        )
-        return tf.concat([[progress], self.running_log_losses.value, [self.running_val_loss.value]], axis=0)
+        if self.total_steps > 0:
+            progress = tf.minimum(tf.cast(tf.convert_to_tensor(self.step), tf.float32) / self.total_steps, 1.0)
+        else:
+            progress = tf.zeros([])
+        return tf.concat([[progress], self.running_log_losses, [self.running_val_loss]], axis=0)
 
-    def select(self, seed: Any, finite: tf.Tensor) -> selection.Selection:
-        """The coefficients for this step (differentiable wrt :attr:`decision_variables`)."""
+    def sample(self, seed: Any) -> selection.Selection:
+        """This step's choice (coefficients differentiable wrt :attr:`decision_variables`)."""
         raise NotImplementedError
 
-    def expected_coefficients(self, finite: tf.Tensor) -> tf.Tensor:
-        """Noise-free coefficients, used in evaluation mode."""
-        return self.select(rng.step_seed(self.seed, self.step.value), finite).coefficients
+    def expected_coefficients(self) -> tf.Tensor:
+        """Noise-free coefficients ``[N]`` (evaluation)."""
+        return self.sample(rng.step_seed(self.seed, 0)).coefficients
 
     def selection_probabilities(self) -> tf.Tensor:
         """P(candidate i is selected at a step), ``[N]``."""
         return tf.ones([self.num_losses])
 
-    def decision_objective(self, losses: tf.Tensor) -> tf.Tensor:
-        """For ``update_rule == "training_objective"``: the scalar to minimise given ``L [N]``."""
-        raise NotImplementedError
+    def decision_loss(self, choice: selection.Selection, lookahead: Any) -> tf.Tensor:
+        """The scalar the decision optimizer minimises (see :mod:`slf_tf.train_step`)."""
+        raise NotImplementedError(f"The {self.strategy!r} strategy learns nothing.")
 
-    def per_example_losses(self, y_true: Any, y_pred: Any) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(l [batch, N] with non-finite columns zeroed and scale-normalised, finite [N])``."""
+    # -------------------------------------------------------------- the losses --
+
+    def candidate_losses(self, y_true: Any, y_pred: Any) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(l [batch, N], finite [N])``: non-finite columns zeroed (on any replica), scale-normalised."""
         per_example = self.bag(y_true, y_pred)
-        finite = tf.reduce_all(tf.math.is_finite(per_example), axis=0)
+        finite = distributed.all_true(tf.reduce_all(tf.math.is_finite(per_example), axis=0))
         per_example = tf.where(finite[None], per_example, tf.zeros_like(per_example))
         if self.normalize:
-            per_example = per_example / tf.stop_gradient(tf.cast(self.loss_scale.value, per_example.dtype))
+            per_example = per_example / tf.stop_gradient(tf.cast(self.loss_scale, per_example.dtype))
         return per_example, finite
 
-    def combine(self, y_true: Any, y_pred: Any, seed: Any) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """``(per-example sum_i c_i l_i [batch], info)`` for one training step, without updating state."""
-        per_example, finite = self.per_example_losses(y_true, y_pred)
-        sel = self.select(seed, finite)
-        c = tf.stop_gradient(tf.cast(sel.coefficients, per_example.dtype))
-        info = {
-            "losses": tf.reduce_mean(self.bag_raw_means(per_example), axis=0),
-            "finite": finite,
-            "coefficients": c,
-            "gate": sel.gate,
-            "weights": sel.weights,
-        }
-        return tf.linalg.matvec(per_example, c), info
+    def unnormalize(self, losses: tf.Tensor) -> tf.Tensor:
+        """Undoes the scale normalisation of candidate losses ``[..., N]`` (for logging raw values)."""
+        return losses * tf.cast(self.loss_scale, losses.dtype) if self.normalize else losses
 
-    def bag_raw_means(self, per_example: tf.Tensor) -> tf.Tensor:
-        """Undoes the scale normalisation (for logging the candidates' raw values)."""
-        if self.normalize:
-            return per_example * tf.cast(self.loss_scale.value, per_example.dtype)
-        return per_example
+    def combine(
+        self, per_example: tf.Tensor, finite: tf.Tensor, coefficients: tf.Tensor, fallback: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(sum_i c_i l_i [batch], c [N])``: the objective per example and the masked coefficients used.
 
-    def update_state(self, info: dict[str, tf.Tensor]) -> tf.Operation:
-        """Records a training step: last values, running means, counts; advances ``step``."""
-        losses = tf.cast(info["losses"], tf.float32)
-        finite = info["finite"]
-        d = self.ema_decay
-        init = self._stats_initialized.value
-        safe = tf.where(finite, losses, self.loss_scale.value)
-        new_scale = tf.where(init, d * self.loss_scale.value + (1 - d) * tf.abs(safe), tf.abs(safe) + 1e-12)
-        log_l = tf.math.log(tf.abs(safe) + 1e-12)
-        new_log = tf.where(init, d * self.running_log_losses.value + (1 - d) * log_l, log_l)
-        none_finite = tf.logical_not(tf.reduce_any(finite))
+        ``coefficients`` are a selection's ``c``, usually behind a stop-gradient (or
+        a tensor a tape watches, for dJ/dc); non-finite candidates are masked, with
+        ``fallback`` (the selection's weights) used if every selected one is
+        (:func:`slf_tf.selection.mask`).
+        """
+        c = selection.mask(coefficients, finite, fallback)
+        return tf.linalg.matvec(per_example, tf.cast(c, per_example.dtype)), c
+
+    # ------------------------------------------------------------ bookkeeping --
+
+    def record(
+        self,
+        choice: selection.Selection,
+        coefficients: tf.Tensor,
+        losses: tf.Tensor,
+        finite: tf.Tensor,
+        val_loss: tf.Tensor | None = None,
+        enabled: Any = True,
+    ) -> tf.Operation:
+        """One training step's bookkeeping in four assigns; ``step += 1``.
+
+        Args:
+          choice, coefficients: the step's selection and the masked ``c`` it used.
+          losses: the candidates' raw batch means ``[N]`` (global under a strategy).
+          finite: ``[N]`` mask of the step.
+          val_loss: the validation loss of a decision update, folded into the
+            running mean the ``state`` features read.
+          enabled: a bool tensor; False leaves every variable as it was.
+        """
+        n, d = self.num_losses, self.ema_decay
+        f32 = lambda t: tf.cast(t, tf.float32)  # noqa: E731
+        losses, gate, weights = f32(losses), f32(choice.gate), f32(choice.weights)
+        run = tf.convert_to_tensor(self.running)
+        scale, log_l, val, initialised = run[:n], run[n : 2 * n], run[2 * n], run[2 * n + 1] > 0
+        magnitude = tf.abs(tf.where(finite, losses, scale)) + 1e-12
+        new_scale = tf.where(initialised, d * scale + (1 - d) * magnitude, magnitude)
+        new_log = tf.where(initialised, d * log_l + (1 - d) * tf.math.log(magnitude), tf.math.log(magnitude))
+        new_val = val if val_loss is None else self._fold_validation(val, val_loss)
+        running = tf.concat(
+            [tf.where(finite, new_scale, scale), tf.where(finite, new_log, log_l), [new_val, 1.0]], axis=0
+        )
+        none_finite = f32(tf.logical_not(tf.reduce_any(finite)))
+        added = [gate, f32(self.selection_probabilities()), weights, 1.0 - f32(finite), [none_finite]]
+        totals = tf.convert_to_tensor(self.totals) + tf.concat(added, axis=0)
+        last = tf.stack([losses, f32(coefficients), gate, weights])
+        if enabled is not True:
+            running = tf.where(enabled, running, run)
+            totals = tf.where(enabled, totals, self.totals)
+            last = tf.where(enabled, last, self.last)
         return tf.group(
-            self.last_losses.assign(losses),
-            self.last_coefficients.assign(tf.cast(info["coefficients"], tf.float32)),
-            self.last_gate.assign(tf.cast(info["gate"], tf.float32)),
-            self.last_weights.assign(tf.cast(info["weights"], tf.float32)),
-            self.selection_counts.assign_add(tf.cast(info["gate"], tf.float32)),
-            self.masked_counts.assign_add(tf.cast(tf.logical_not(finite), tf.float32)),
-            self.skipped_steps.assign_add(tf.cast(none_finite, tf.int64)),
-            self.loss_scale.assign(tf.where(finite, new_scale, self.loss_scale.value)),
-            self.running_log_losses.assign(tf.where(finite, new_log, self.running_log_losses.value)),
-            self._stats_initialized.assign(True),
-            self.step.assign_add(1),
+            self.running.assign(running),
+            self.totals.assign(totals),
+            self.last.assign(last),
+            self.step.assign_add(tf.cast(enabled, tf.int64)),
         )
 
-    def update_validation_loss(self, value: tf.Tensor) -> None:
-        """Folds a validation loss into the running mean used by the ``state`` features."""
-        value = tf.cast(value, tf.float32)
-        d = self.ema_decay
-        new = tf.where(self.running_val_loss.value == 0.0, value, d * self.running_val_loss.value + (1 - d) * value)
-        self.running_val_loss.assign(tf.where(tf.math.is_finite(value), new, self.running_val_loss.value))
+    def _fold_validation(self, running: tf.Tensor, value: tf.Tensor) -> tf.Tensor:
+        """The running validation loss after folding in ``value`` (non-finite values are ignored)."""
+        d, v = self.ema_decay, tf.cast(value, tf.float32)
+        return tf.where(tf.math.is_finite(v), tf.where(running == 0.0, v, d * running + (1 - d) * v), running)
+
+    def record_validation_loss(self, value: tf.Tensor) -> tf.Operation:
+        """Folds a decision update's validation loss into the running mean the ``state`` features read."""
+        run = tf.convert_to_tensor(self.running)
+        n = self.num_losses
+        return self.running.assign(tf.concat([run[: 2 * n], [self._fold_validation(run[2 * n], value)], run[-1:]], 0))
+
+    # ------------------------------------------------------------------ Keras --
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Keras casts y_true to float before call(); catch non-numeric labels first, with our message.
@@ -250,19 +295,16 @@ class CombinedLoss(keras.losses.Loss):
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
-        """Keras entry point: samples while ``sampling`` is True (training), else expected coefficients."""
-
-        def training():
-            out, info = self.combine(y_true, y_pred, rng.step_seed(self.seed, self.step.value))
-            with tf.control_dependencies([self.update_state(info)]):
-                return tf.identity(out)
-
-        def evaluation():
-            per_example, finite = self.per_example_losses(y_true, y_pred)
-            c = tf.stop_gradient(tf.cast(self.expected_coefficients(finite), per_example.dtype))
-            return tf.linalg.matvec(per_example, c)
-
-        return tf.cond(self.sampling.value, training, evaluation)
+        """Keras entry point: this step's sample while :attr:`sampling` is on, else the expected coefficients."""
+        per_example, finite = self.candidate_losses(y_true, y_pred)
+        sampling = tf.convert_to_tensor(self.sampling)
+        choice = self.sample(rng.step_seed(self.seed, self.step))
+        coefficients = tf.where(sampling, choice.coefficients, self.expected_coefficients())
+        objective, c = self.combine(per_example, finite, tf.stop_gradient(coefficients), choice.weights)
+        count = distributed.all_sum(tf.cast(tf.shape(per_example)[0], per_example.dtype))
+        losses = self.unnormalize(distributed.all_sum(tf.reduce_sum(per_example, axis=0)) / count)
+        with tf.control_dependencies([self.record(choice, c, losses, finite, enabled=sampling)]):
+            return tf.identity(objective)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -284,19 +326,19 @@ class StochasticLoss(CombinedLoss):
     """The Stochastic Loss Function (Liu & Lai, AAAI 2020).
 
     Args (beyond :class:`CombinedLoss`):
-      k: Gumbel-Softmax draws per step (>= 1), or ``"inf"`` for softmax weighting.
+      k: draws per step (>= 1), or ``"inf"`` for softmax weighting.
       temperature: a number > 0, a :mod:`slf_tf.schedules` schedule, or its config.
       estimator: ``relaxed`` (default) | ``straight_through`` | ``reinforce`` | ``ils``.
       weighting: ``selected`` (softmax(beta) renormalised over the selected set) |
         ``all`` | ``none`` (plain mean of the selected losses).
       threshold: theta of the B() gate.
-      decision: ``static`` or ``state`` (see :mod:`slf_tf.decision`).
+      decision_network: ``static`` or ``state`` (see :mod:`slf_tf.decision`).
       hidden_units: width of the ``state`` decision network.
       ils_step_size: step size of the ILS estimator.
     """
 
     strategy = "slf"
-    update_rule = "hypergradient"
+    needs_lookahead = True
 
     def __init__(
         self,
@@ -307,78 +349,102 @@ class StochasticLoss(CombinedLoss):
         estimator: str = "relaxed",
         weighting: str = "selected",
         threshold: float = 0.5,
-        decision: str = "static",
+        decision_network: str = "static",
         hidden_units: int = 32,
         ils_step_size: float = 0.1,
         **kwargs: Any,
     ):
         super().__init__(losses, **kwargs)
         selection.check_options(k, estimator, weighting)
-        checks.check_temperature(ils_step_size, name="ils_step_size")
-        self.k = "inf" if k == "inf" or k == float("inf") else int(k)
+        checks.check_positive(ils_step_size, name="ils_step_size")
+        self.k = "inf" if selection.is_softmax(k) else int(k)
         self.schedule = schedules.get(temperature)
         self.estimator, self.weighting, self.threshold = estimator, weighting, float(threshold)
+        self.selector = selection.create_estimator(estimator, ils_step_size)
         self.decision_kind, self.hidden_units, self.ils_step_size = (
-            decision,
+            decision_network,
             int(hidden_units),
             float(ils_step_size),
         )
         self.decision_network = decision_lib.create_decision_network(
-            decision, self.num_losses, hidden_units=self.hidden_units, name=f"{self.name}_decision"
+            decision_network, self.num_losses, hidden_units=self.hidden_units, name=f"{self.name}_decision"
         )
         if type(self) is StochasticLoss and self.k == "inf":
             self.strategy = "softmax"
-        self.reward_baseline = keras.Variable(0.0, trainable=False, name="reward_baseline")
 
     @property
     def state_variables(self):
-        return super().state_variables + [self.reward_baseline]
-
-    def update_reward_baseline(self, reward: tf.Tensor) -> None:
-        """Moving-average baseline of the REINFORCE reward (updated after use)."""
-        d = self.ema_decay
-        reward = tf.cast(reward, tf.float32)
-        self.reward_baseline.assign(
-            tf.where(
-                tf.math.is_finite(reward),
-                d * self.reward_baseline.value + (1 - d) * reward,
-                self.reward_baseline.value,
-            )
-        )
+        return super().state_variables + list(self.selector.variables)
 
     @property
     def decision_variables(self) -> list:
         return list(self.decision_network.trainable_variables)
+
+    @property
+    def needs_val_loss_before(self) -> bool:
+        return not self.selector.pathwise  # the REINFORCE reward J(w) - J(w')
 
     def logits(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The decision network's current ``(alpha, beta)``."""
         return self.decision_network(self.features())
 
     def temperature(self) -> tf.Tensor:
-        return self.schedule(self.step.value)
+        return self.schedule(tf.convert_to_tensor(self.step))
 
-    def select(self, seed, finite):
+    def sample(self, seed):
         alpha, beta = self.logits()
-        return selection.select(
+        return selection.sample(
+            self.selector,
             alpha,
             beta,
             k=self.k,
             temperature=self.temperature(),
             seed=seed,
-            finite=finite,
-            estimator=self.estimator,
             weighting=self.weighting,
             threshold=self.threshold,
-            ils_step_size=self.ils_step_size,
         )
 
-    def expected_coefficients(self, finite):
+    def expected_coefficients(self):
         alpha, beta = self.logits()
-        return selection.expected_coefficients(alpha, beta, k=self.k, finite=finite, weighting=self.weighting)
+        return selection.expected_coefficients(alpha, beta, k=self.k, weighting=self.weighting)
 
     def selection_probabilities(self):
-        alpha, _ = self.logits()
-        return gumbel.inclusion_probabilities(alpha, self.k)
+        return gumbel.inclusion_probabilities(self.logits()[0], self.k)
+
+    def selection_distribution(self) -> tfd.Distribution:
+        """The TFP distribution each of this step's K draws follows (``[N]`` events).
+
+        ``RelaxedOneHotCategorical(temperature, logits=alpha)`` for the relaxed and
+        straight-through estimators (straight-through rounds its samples to
+        one-hot), ``OneHotCategorical(logits=alpha)`` for ``reinforce`` and ``ils``.
+        """
+        return self.selector.distribution(self.logits()[0], self.temperature())
+
+    def selection_entropy(self) -> tf.Tensor:
+        """Entropy of ``Categorical(softmax(alpha))``, the exploration bonus of the decision update."""
+        return tfd.OneHotCategorical(logits=self.logits()[0]).entropy()
+
+    def decision_loss(self, choice, lookahead):
+        """``sum_i c_i(v) * dJ/dc_i`` (dJ/dc held fixed): its gradient is ``dJ/dv`` through the sampler.
+
+        With ``reinforce`` the draws carry no gradient, so alpha learns from the
+        score function instead: ``(J(w') - J(w) - baseline) * grad log P(draws)``.
+        """
+        c = choice.coefficients
+        objective = tf.reduce_sum(c * tf.stop_gradient(tf.cast(lookahead.coefficient_gradient, c.dtype)))
+        if not self.selector.pathwise and choice.draws is not None:
+            cost = tf.cast(lookahead.val_loss - lookahead.val_loss_before, c.dtype)
+            costs = tf.fill(tf.shape(choice.draws)[:1], cost)
+            alpha = tf.broadcast_to(self.logits()[0], tf.shape(choice.draws))
+            objective += tf.reduce_sum(self.selector.surrogate(costs, alpha, choice.draws))
+        return objective
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "decision" in config:  # saved before decision -> decision_network
+            config["decision_network"] = config.pop("decision")
+        return cls(**config)
 
     def get_config(self):
         config = super().get_config()
@@ -388,7 +454,7 @@ class StochasticLoss(CombinedLoss):
             estimator=self.estimator,
             weighting=self.weighting,
             threshold=self.threshold,
-            decision=self.decision_kind,
+            decision_network=self.decision_kind,
             hidden_units=self.hidden_units,
             ils_step_size=self.ils_step_size,
         )
@@ -400,18 +466,16 @@ class RandomLoss(StochasticLoss):
     """A random subset each step: K uniform draws and the gate, nothing learned."""
 
     strategy = "random"
-    update_rule = "none"
+    needs_lookahead = False
 
     @property
     def decision_variables(self):
         return []
 
 
-def _fixed_selection(c: tf.Tensor, finite: tf.Tensor) -> selection.Selection:
-    c = c * tf.cast(finite, c.dtype)
-    c = c / tf.maximum(tf.reduce_sum(c), 1e-12)
+def _fixed_selection(c: tf.Tensor) -> selection.Selection:
     gate = tf.cast(c > 0, c.dtype)
-    return selection.Selection(c, gate, c, gate, tf.zeros([]))
+    return selection.Selection(c, gate, c, gate, None)
 
 
 @keras.saving.register_keras_serializable(package="slf_tf")
@@ -428,8 +492,8 @@ class FixedLoss(CombinedLoss):
         self.fixed_loss = chosen
         self._one_hot = tf.one_hot(self.bag.specs.index(chosen), self.num_losses)
 
-    def select(self, seed, finite):
-        return _fixed_selection(self._one_hot, finite)
+    def sample(self, seed):
+        return _fixed_selection(self._one_hot)
 
     def selection_probabilities(self):
         return self._one_hot
@@ -444,8 +508,8 @@ class UniformLoss(CombinedLoss):
 
     strategy = "uniform"
 
-    def select(self, seed, finite):
-        return _fixed_selection(tf.ones([self.num_losses]), finite)
+    def sample(self, seed):
+        return _fixed_selection(tf.fill([self.num_losses], 1.0 / self.num_losses))
 
 
 @keras.saving.register_keras_serializable(package="slf_tf")
@@ -453,11 +517,10 @@ class UncertaintyLoss(CombinedLoss):
     """Kendall, Gal & Cipolla 2018: ``sum_i exp(-s_i) L_i / 2 + s_i / 2``, learned ``s_i = log sigma_i^2``.
 
     The main network sees coefficients ``c_i = exp(-s_i) / 2``; ``s`` is trained on
-    the same objective (the ``training_objective`` update rule).
+    the same objective over the training batch's candidate losses.
     """
 
     strategy = "uncertainty"
-    update_rule = "training_objective"
 
     def __init__(self, losses: Sequence[str], **kwargs: Any):
         super().__init__(losses, **kwargs)
@@ -467,14 +530,15 @@ class UncertaintyLoss(CombinedLoss):
     def decision_variables(self):
         return [self.log_variance]
 
-    def select(self, seed, finite):
-        c = 0.5 * tf.exp(-self.log_variance.value) * tf.cast(finite, tf.float32)
-        gate = tf.cast(finite, tf.float32)
-        return selection.Selection(c, gate, c, gate, tf.zeros([]))
+    def sample(self, seed):
+        c = 0.5 * tf.exp(-tf.convert_to_tensor(self.log_variance))
+        gate = tf.ones_like(c)
+        return selection.Selection(c, gate, c, gate, None)
 
-    def decision_objective(self, losses):
-        s = self.log_variance.value
-        return tf.reduce_sum(0.5 * tf.exp(-s) * tf.stop_gradient(losses) + 0.5 * s)
+    def decision_loss(self, choice, lookahead):
+        s = tf.convert_to_tensor(self.log_variance)
+        losses = tf.stop_gradient(tf.cast(lookahead.candidate_losses, s.dtype))
+        return tf.reduce_sum(0.5 * tf.exp(-s) * losses + 0.5 * s)
 
 
 @keras.saving.register_keras_serializable(package="slf_tf")
@@ -490,26 +554,23 @@ class SoftAdaptLoss(CombinedLoss):
     def __init__(self, losses: Sequence[str], beta: float = 10.0, **kwargs: Any):
         super().__init__(losses, **kwargs)
         self.beta = float(beta)
-        self.previous_scale = keras.Variable(tf.ones([self.num_losses]), trainable=False, name="previous_scale")
+        self.previous_scale = _state(np.ones(self.num_losses, np.float32), name="previous_scale")
 
     @property
     def state_variables(self):
         return super().state_variables + [self.previous_scale]
 
-    def _slopes(self):
-        prev = self.previous_scale.value
-        return (self.loss_scale.value - prev) / tf.maximum(prev, 1e-12)
+    def sample(self, seed):
+        previous = tf.convert_to_tensor(self.previous_scale)
+        slopes = (self.loss_scale - previous) / tf.maximum(previous, 1e-12)
+        c = tf.nn.softmax(self.beta * slopes)
+        return selection.Selection(c, tf.ones_like(c), c, tf.ones_like(c), None)
 
-    def select(self, seed, finite):
-        logits = tf.where(finite, self.beta * self._slopes(), -1e9)
-        c = tf.nn.softmax(logits) * tf.cast(finite, tf.float32)
-        gate = tf.cast(finite, tf.float32)
-        return selection.Selection(c, gate, c, gate, tf.zeros([]))
-
-    def update_state(self, info):
-        keep = tf.identity(self.loss_scale.value)
+    def record(self, choice, coefficients, losses, finite, val_loss=None, enabled=True):
+        # previous_scale <- the loss scale before this step's update (unchanged when disabled).
+        keep = self.loss_scale if enabled is True else tf.where(enabled, self.loss_scale, self.previous_scale)
         with tf.control_dependencies([keep]):
-            update = super().update_state(info)
+            update = super().record(choice, coefficients, losses, finite, val_loss, enabled)
         with tf.control_dependencies([update]):
             return self.previous_scale.assign(keep)
 
@@ -528,18 +589,29 @@ STRATEGIES = {
 }
 
 
+def _parameters(cls: type) -> set[str]:
+    names = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and issubclass(klass, CombinedLoss):
+            names |= set(inspect.signature(klass.__init__).parameters) - {"self", "losses", "kwargs"}
+    return names
+
+
 def create_loss(strategy: str, losses: Sequence[str], **kwargs: Any) -> CombinedLoss:
     """A combined loss by strategy name; unknown names raise ``ValueError`` listing the known ones.
 
-    Keyword arguments a strategy does not take (e.g. ``k`` for ``uniform``) are ignored,
-    so one config can switch strategies.
+    Keyword arguments that only other strategies take (e.g. ``k`` for ``uniform``)
+    are ignored, so one config can switch strategies; a keyword no strategy takes
+    is an error.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown loss strategy {strategy!r}; known: {sorted(STRATEGIES)}.")
+    every = set().union(*(_parameters(c) for c in STRATEGIES.values()))
+    unknown = sorted(set(kwargs) - every)
+    if unknown:
+        raise ValueError(f"Unknown loss arguments {unknown}; known: {sorted(every)}.")
     cls = STRATEGIES[strategy]
     if strategy == "softmax":
         kwargs["k"] = "inf"
-    allowed = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(CombinedLoss.__init__).parameters)
-    if cls in (StochasticLoss, RandomLoss):
-        allowed |= set(inspect.signature(StochasticLoss.__init__).parameters)
+    allowed = _parameters(cls)
     return cls(losses, **{k: v for k, v in kwargs.items() if k in allowed})

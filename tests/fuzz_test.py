@@ -62,8 +62,10 @@ def test_stochastic_loss_arguments(bag, k, temperature, estimator, weighting):
         assert any(word in message for word in ("bag", "Duplicate", "Unknown", "must be", "got")), message
         return
     assert bag and len(set(bag)) == len(bag) and _valid_temperature(temperature) and _valid_k(k, True)
-    value = loss(np.array([0, 1, 2]), np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
-    assert np.isfinite(float(value))
+    for sampling in (False, True):
+        loss.sampling.assign(sampling)
+        value = loss(np.array([0, 1, 2]), np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
+        assert np.isfinite(float(value))
 
 
 @SETTINGS
@@ -90,6 +92,7 @@ def test_label_and_prediction_shapes(labels, preds):
         "rank1": np.zeros([4], np.float32),
     }[preds]
     loss = slf_tf.UniformLoss(["cross_entropy", "mae"])
+    loss.sampling.assign(True)  # called directly, as in a custom loop: record the step
     # Integer predictions are cast to float by keras.losses.Loss (LossBag alone rejects them: losses_test).
     bad_input = labels in ("wrong_width", "wrong_batch", "strings") or preds == "rank1"
     if bad_input:
@@ -108,7 +111,7 @@ def test_label_and_prediction_shapes(labels, preds):
         [
             ("num_train_steps", st.integers(-3, 0)),
             ("batch_size", st.integers(-3, 0)),
-            ("strategy", st.text(min_size=1, max_size=8)),
+            ("distribution", st.text(min_size=1, max_size=8)),
             ("data.name", st.text(min_size=1, max_size=8)),
             ("model.name", st.text(min_size=1, max_size=8)),
             ("optimizer.name", st.text(min_size=1, max_size=8)),
@@ -116,9 +119,13 @@ def test_label_and_prediction_shapes(labels, preds):
             ("loss.k", st.integers(-3, 0)),
             ("loss.estimator", st.text(min_size=1, max_size=8)),
             ("loss.temperature.initial", st.floats(max_value=0.0)),
-            ("slf.method", st.text(min_size=1, max_size=8)),
-            ("slf.decision_every", st.integers(-3, 0)),
-            ("slf.lookahead_lr", st.floats(max_value=0.0)),
+            ("decision.method", st.text(min_size=1, max_size=8)),
+            ("decision.every", st.integers(-3, 0)),
+            ("decision.lookahead_lr", st.floats(max_value=0.0)),
+            ("decision.virtual_step", st.text(min_size=1, max_size=8)),
+            ("decision.network", st.text(min_size=1, max_size=8)),
+            ("best_metric", st.text(min_size=1, max_size=8)),
+            ("early_stopping_patience", st.integers(-3, -1)),
         ]
     ),
     data=st.data(),
@@ -132,13 +139,16 @@ def test_bad_config_fields_raise_value_error(field, data):
     for p in path:
         node = node[p]
     known = {
-        "strategy": factories.DISTRIBUTION_STRATEGIES,
+        "distribution": factories.DISTRIBUTION_STRATEGIES,
         "data.name": ("digits", "breast_cancer", "wine", "diabetes", "mnist"),
         "model.name": ("mlp", "cnn", "resnet20"),
         "optimizer.name": factories.OPTIMIZERS,
         "loss.strategy": tuple(slf_tf.stochastic_loss.STRATEGIES),
         "loss.estimator": slf_tf.selection.ESTIMATORS,
-        "slf.method": ("exact", "finite_difference"),
+        "decision.method": ("exact", "finite_difference"),
+        "decision.virtual_step": ("sgd", "optimizer"),
+        "decision.network": ("static", "state"),
+        "best_metric": factories.BEST_METRICS,
     }
     if isinstance(value, str) and (value in known.get(key, ()) or value.startswith("tfds:")):
         return  # a valid name, not a bad input

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import slf_tf
-from slf_tf import decision, hypergrad, rng
+from slf_tf import decision, hypergrad, rng, train_step
 
 ETA = 0.05
 SPECS = ["cross_entropy", "focal(gamma=2.0)", "mae", "squared_hinge"]
@@ -60,27 +60,62 @@ def test_exact_and_finite_difference_match_brute_force_in_c():
     loss = slf_tf.StochasticLoss(SPECS, k=2)
     c0 = np.array([0.4, 0.1, 0.3, 0.2])
     brute = _central_difference(lambda c: _brute_force_j(model, loss, x, y, xv, yv, tf.constant(c)), c0)
-    exact, j = hypergrad.coefficient_gradient(model, loss, x, y, xv, yv, tf.constant(c0), lookahead_lr=ETA)
-    fd, _ = hypergrad.coefficient_gradient(
-        model,
-        loss,
-        x,
-        y,
-        xv,
-        yv,
-        tf.constant(c0),
-        lookahead_lr=ETA,
-        method="finite_difference",
-        fd_epsilon=1e-4,
+    exact = train_step.coefficient_gradient(model, loss, x, y, xv, yv, tf.constant(c0), lookahead_lr=ETA)
+    fd = train_step.coefficient_gradient(
+        model, loss, x, y, xv, yv, tf.constant(c0), lookahead_lr=ETA, method="finite_difference", fd_epsilon=1e-4
     )
-    assert float(j) == pytest.approx(_brute_force_j(model, loss, x, y, xv, yv, tf.constant(c0)), rel=1e-9)
-    assert _rel_err(exact.numpy(), brute) <= 1e-4, (exact.numpy(), brute)
-    assert _rel_err(fd.numpy(), exact.numpy()) <= 1e-3, (fd.numpy(), exact.numpy())
+    assert float(exact.val_loss) == pytest.approx(_brute_force_j(model, loss, x, y, xv, yv, tf.constant(c0)), rel=1e-9)
+    assert _rel_err(exact.coefficient_gradient.numpy(), brute) <= 1e-4, (exact.coefficient_gradient.numpy(), brute)
+    assert _rel_err(fd.coefficient_gradient.numpy(), exact.coefficient_gradient.numpy()) <= 1e-3
+
+
+def test_preconditioned_virtual_step_matches_brute_force():
+    """virtual_step="optimizer": w' = w - P g with Adam's per-weight step sizes P (held fixed at c0)."""
+    model, (x, y, xv, yv) = _mlp(), _data(4)
+    loss = slf_tf.StochasticLoss(SPECS, k=2)
+    opt = keras.optimizers.Adam(0.01)
+    opt.build(model.trainable_variables)
+    for _ in range(3):  # non-zero moments
+        opt.apply_gradients([(tf.ones_like(v) * 0.1, v) for v in model.trainable_variables])
+    c0 = tf.constant([0.3, 0.2, 0.4, 0.1], tf.float64)
+    w = [v.value for v in model.trainable_variables]
+    forward = train_step.make_forward(model, loss, x, y, len(x), tf.ones_like(c0))
+    val_fn = train_step.make_validation(model, loss, xv, yv, len(xv))
+    with tf.GradientTape() as tape:
+        tape.watch(w)
+        g0 = tape.gradient(forward(w, c0).objective, w)
+    step = hypergrad.preconditioned_step(opt, model.trainable_variables, g0)
+    assert all(np.all(np.asarray(s) > 0) for s in step.scales)
+
+    def j_of(c):
+        with tf.GradientTape() as t:
+            t.watch(w)
+            g = t.gradient(forward(w, tf.constant(c)).objective, w)
+        return float(val_fn(step.apply(w, g)))
+
+    brute = _central_difference(j_of, c0.numpy())
+    for method, tol in (("exact", 1e-4), ("finite_difference", 1e-3)):
+        look = hypergrad.lookahead(forward, val_fn, w, c0, step, method=method, fd_epsilon=1e-4)
+        assert _rel_err(look.coefficient_gradient.numpy(), brute) <= tol, (method, look.coefficient_gradient, brute)
 
 
 def _float64_decision(loss):
     loss.decision_network = decision.DecisionNetwork(loss.num_losses, dtype="float64")
     return loss
+
+
+def _decision_gradient(model, loss, x, y, xv, yv, step=0, **settings):
+    """The decision gradient the training step applies, read off one plain-SGD decision update (lr 1)."""
+    sgd = keras.optimizers.SGD(1.0)
+    trainer_step = train_step.TrainStep(
+        model, loss, keras.optimizers.SGD(0.0), sgd, train_step.DecisionSettings(lookahead_lr=ETA, **settings)
+    )
+    before = [v.numpy().copy() for v in loss.decision_variables]
+    metrics = trainer_step.decide(step, x, y, xv, yv)
+    grads = [b - v.numpy() for b, v in zip(before, loss.decision_variables, strict=True)]
+    for v, b in zip(loss.decision_variables, before, strict=True):
+        v.assign(b)
+    return grads, metrics
 
 
 def test_exact_matches_brute_force_in_beta_softmax_case():
@@ -94,14 +129,12 @@ def test_exact_matches_brute_force_in_beta_softmax_case():
         return _brute_force_j(model, loss, x, y, xv, yv, tf.nn.softmax(tf.constant(b)))
 
     brute = _central_difference(j_of_beta, beta0)
+    names = [v.name for v in loss.decision_variables]
     for method in ("exact", "finite_difference"):
-        grads, metrics = hypergrad.decision_gradients(
-            model, loss, x, y, xv, yv, seed=(0, 0), lookahead_lr=ETA, method=method, fd_epsilon=1e-4
-        )
-        names = [v.name for v in loss.decision_variables]
-        got = grads[names.index("beta")].numpy()
+        grads, metrics = _decision_gradient(model, loss, x, y, xv, yv, method=method, fd_epsilon=1e-4)
+        got = grads[names.index("beta")]
         assert _rel_err(got, brute) <= (1e-4 if method == "exact" else 1e-3), (method, got, brute)
-        np.testing.assert_allclose(grads[names.index("alpha")].numpy(), 0.0)  # alpha unused when k = inf
+        np.testing.assert_allclose(grads[names.index("alpha")], 0.0)  # alpha unused when k = inf
         assert float(metrics["hypergrad_norm"]) > 0
 
 
@@ -111,15 +144,14 @@ def test_alpha_gradient_is_the_chain_through_the_sampler():
     model, (x, y, xv, yv) = _mlp(), _data(2)
     loss = _float64_decision(slf_tf.StochasticLoss(SPECS, k=2, temperature=0.7))
     loss.decision_network.alpha.assign([0.2, -0.1, 0.4, 0.0])
-    seed = rng.step_seed(0, 3)
-    grads, _ = hypergrad.decision_gradients(model, loss, x, y, xv, yv, seed=seed, lookahead_lr=ETA)
+    grads, _ = _decision_gradient(model, loss, x, y, xv, yv, step=3)
     with tf.GradientTape() as tape:
-        c = loss.select(seed, tf.ones([4], tf.bool)).coefficients
-    d_j_dc, _ = hypergrad.coefficient_gradient(model, loss, x, y, xv, yv, tf.stop_gradient(c), lookahead_lr=ETA)
-    expected = tape.gradient(c, loss.decision_variables, output_gradients=d_j_dc)
+        c = loss.sample(rng.step_seed(loss.seed, 3)).coefficients
+    look = train_step.coefficient_gradient(model, loss, x, y, xv, yv, tf.stop_gradient(c), lookahead_lr=ETA)
+    expected = tape.gradient(c, loss.decision_variables, output_gradients=look.coefficient_gradient)
     for got, want in zip(grads, expected, strict=True):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-14)
-    assert np.any(grads[0].numpy() != 0)
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-10, atol=1e-14)
+    assert np.any(grads[0] != 0)
 
 
 def test_lookahead_gradient_differs_from_gradient_at_w():
@@ -127,7 +159,7 @@ def test_lookahead_gradient_differs_from_gradient_at_w():
     model, (x, y, xv, yv) = _mlp(), _data(3)
     loss = slf_tf.StochasticLoss(SPECS, k=2)
     c0 = tf.constant([0.25, 0.25, 0.25, 0.25], tf.float64)
-    exact, _ = hypergrad.coefficient_gradient(model, loss, x, y, xv, yv, c0, lookahead_lr=ETA)
+    exact = train_step.coefficient_gradient(model, loss, x, y, xv, yv, c0, lookahead_lr=ETA).coefficient_gradient
     w = [v.value for v in model.trainable_variables]
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(w)
@@ -141,14 +173,14 @@ def test_lookahead_gradient_differs_from_gradient_at_w():
         ]
     )
     # Measured: 5% relative error on this tiny MLP at eta = 0.05 (80% at eta = 0.5);
-    # DESIGN reports ~30% on digits. The test only pins that the two rules differ.
+    # docs/design.md reports ~30% on digits. The test only pins that the two rules differ.
     assert _rel_err(naive, exact.numpy()) > 0.01
 
 
-def test_unknown_method_raises():
-    model, (x, y, xv, yv) = _mlp(), _data()
-    loss = slf_tf.StochasticLoss(SPECS)
+def test_unknown_method_and_virtual_step_raise():
     with pytest.raises(
         ValueError, match=r"Unknown hypergradient method 'jvp'; known: \['exact', 'finite_difference'\]"
     ):
-        hypergrad.decision_gradients(model, loss, x, y, xv, yv, seed=0, method="jvp")
+        train_step.DecisionSettings(method="jvp")
+    with pytest.raises(ValueError, match=r"Unknown virtual_step 'adam'; known: \['sgd', 'optimizer'\]"):
+        train_step.DecisionSettings(virtual_step="adam")

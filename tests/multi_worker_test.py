@@ -49,7 +49,7 @@ def test_two_workers_match_each_other_and_a_single_process(tmp_path):
         }
         procs.append(
             subprocess.Popen(
-                _command(workdir, "strategy=multi_worker"),
+                _command(workdir, "distribution=multi_worker"),
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -67,7 +67,7 @@ def test_two_workers_match_each_other_and_a_single_process(tmp_path):
                 p.kill()
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
-    assert "Test accuracy" in outputs[0][0] and "Test accuracy" not in outputs[1][0]  # only the chief reports
+    assert "test accuracy" in outputs[0][0] and "test accuracy" not in outputs[1][0]  # only the chief reports
     # Only the chief writes summaries, metrics, results and exports.
     assert os.path.exists(os.path.join(workdir, "export", "model.keras"))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -1,5 +1,7 @@
 """Tests of StochasticLoss and the other strategies: selection, masking, serialisation, Keras fit."""
 
+import types
+
 import keras
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ def _explodes(t):
 def test_k1_selects_exactly_one_loss_per_step(estimator):
     loss = slf_tf.StochasticLoss(BAG, k=1, temperature=2.0, estimator=estimator)
     for step in range(200):
-        sel = loss.select(rng.step_seed(0, step), tf.ones([5], tf.bool))
+        sel = loss.sample(rng.step_seed(0, step))
         assert float(tf.reduce_sum(sel.gate)) == 1.0, step
         np.testing.assert_allclose(float(tf.reduce_sum(sel.coefficients)), 1.0, rtol=1e-6)
 
@@ -33,7 +35,7 @@ def test_k1_selects_exactly_one_loss_per_step(estimator):
 @pytest.mark.parametrize("k", [2, 3])
 def test_k_draws_select_between_one_and_k_with_hard_draws(k):
     loss = slf_tf.StochasticLoss(BAG, k=k, estimator="straight_through")
-    sizes = [float(tf.reduce_sum(loss.select(rng.step_seed(1, s), tf.ones([5], tf.bool)).gate)) for s in range(100)]
+    sizes = [float(tf.reduce_sum(loss.sample(rng.step_seed(1, s)).gate)) for s in range(100)]
     assert min(sizes) >= 1 and max(sizes) <= k and len(set(sizes)) > 1
 
 
@@ -46,7 +48,7 @@ def test_selection_frequency_matches_inclusion_probability():
     def draw_gates():
         out = tf.TensorArray(tf.float32, size=n)
         for s in tf.range(n):
-            out = out.write(s, loss.select(rng.step_seed(2, s), tf.ones([5], tf.bool)).gate)
+            out = out.write(s, loss.sample(rng.step_seed(2, s)).gate)
         return out.stack()
 
     gates = draw_gates().numpy()
@@ -54,8 +56,14 @@ def test_selection_frequency_matches_inclusion_probability():
     assert np.all(np.abs(gates.mean(0) - p) <= 4.5 * np.sqrt(p * (1 - p) / n)), (gates.mean(0), p)
 
 
+def _sampling(loss):
+    """A loss called directly, as in a custom loop: sampling on (Keras' fit turns it on through the callback)."""
+    loss.sampling.assign(True)
+    return loss
+
+
 def test_k_inf_is_softmax_weighting():
-    loss = slf_tf.StochasticLoss(BAG, k="inf")
+    loss = _sampling(slf_tf.StochasticLoss(BAG, k="inf"))
     assert loss.strategy == "softmax"
     beta = np.array([0.5, -1.0, 0.0, 2.0, 0.3], np.float32)
     loss.decision_network.beta.assign(beta)
@@ -68,35 +76,38 @@ def test_k_inf_is_softmax_weighting():
 
 
 def test_value_is_coefficient_weighted_sum_and_state_is_recorded():
-    loss = slf_tf.StochasticLoss(BAG, k=2, seed=3)
+    loss = _sampling(slf_tf.StochasticLoss(BAG, k=2, seed=3))
     value = float(loss(Y, LOGITS))
     c = loss.last_coefficients.numpy()
     np.testing.assert_allclose(value, loss.last_losses.numpy() @ c, rtol=1e-5)
     np.testing.assert_allclose(c.sum(), 1.0, rtol=1e-6)
     assert int(loss.step.numpy()) == 1
-    np.testing.assert_array_equal(loss.selection_counts.numpy(), loss.last_gate.numpy())
+    np.testing.assert_array_equal(loss.times_selected.numpy(), loss.last_gate.numpy())
 
 
 def test_same_seed_same_step_same_selection():
-    a, b = slf_tf.StochasticLoss(BAG, seed=5), slf_tf.StochasticLoss(BAG, seed=5)
+    a, b = _sampling(slf_tf.StochasticLoss(BAG, seed=5)), _sampling(slf_tf.StochasticLoss(BAG, seed=5))
     for _ in range(3):
         a(Y, LOGITS)
         b(Y, LOGITS)
         np.testing.assert_array_equal(a.last_coefficients.numpy(), b.last_coefficients.numpy())
 
 
-def test_evaluation_mode_uses_expected_coefficients():
+def test_evaluation_mode_uses_expected_coefficients_and_changes_nothing():
     loss = slf_tf.StochasticLoss(BAG, k=2)
     loss.decision_network.alpha.assign([2.0, 0.0, 0.0, 0.0, -2.0])
-    loss.sampling.assign(False)
+    assert not bool(loss.sampling.numpy())  # the default: a called loss does not sample
+    state = [v.numpy().copy() for v in loss.state_variables]
     v1, v2 = float(loss(Y, LOGITS)), float(loss(Y, LOGITS))
-    assert v1 == v2 and int(loss.step.numpy()) == 0  # no noise, no state change
+    assert v1 == v2  # no noise
+    for before, variable in zip(state, loss.state_variables, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), before)  # no state change
     c = selection.expected_coefficients(*loss.logits(), k=2).numpy()
     np.testing.assert_allclose(v1, losses.LossBag(BAG)(Y, LOGITS).numpy().mean(0) @ c, rtol=1e-5)
 
 
 def test_non_finite_candidate_is_masked_and_counted():
-    loss = slf_tf.StochasticLoss(["cross_entropy", "explodes_on_class_3", "mae"], k="inf")
+    loss = _sampling(slf_tf.StochasticLoss(["cross_entropy", "explodes_on_class_3", "mae"], k="inf"))
     y = np.array([0, 1, 3, 2])
     logits = tf.constant(LOGITS[:4])
     with tf.GradientTape() as tape:
@@ -112,13 +123,13 @@ def test_non_finite_candidate_is_masked_and_counted():
 
 
 def test_all_candidates_non_finite_skips_the_step():
-    loss = slf_tf.UniformLoss(["explodes_on_class_3"])
+    loss = _sampling(slf_tf.UniformLoss(["explodes_on_class_3"]))
     value = loss(np.array([3, 3]), LOGITS[:2])
     assert float(value) == 0.0 and int(loss.skipped_steps.numpy()) == 1
 
 
 def test_normalisation_divides_by_running_scale():
-    loss = slf_tf.UniformLoss(["cross_entropy", "mae"], normalize=True)
+    loss = _sampling(slf_tf.UniformLoss(["cross_entropy", "mae"], normalize=True))
     loss(Y, LOGITS)  # first step sets the scale to |L_i|
     raw = losses.LossBag(["cross_entropy", "mae"])(Y, LOGITS).numpy().mean(0)
     np.testing.assert_allclose(loss.loss_scale.numpy(), raw, rtol=1e-5)
@@ -127,7 +138,7 @@ def test_normalisation_divides_by_running_scale():
 
 @pytest.mark.parametrize("strategy", sorted(slf_tf.stochastic_loss.STRATEGIES))
 def test_every_strategy_drops_in(strategy):
-    loss = slf_tf.create_loss(strategy, BAG, k=2, temperature=0.5, seed=1, loss="mae")
+    loss = _sampling(slf_tf.create_loss(strategy, BAG, k=2, temperature=0.5, seed=1, loss="mae"))
     value = loss(Y, LOGITS)
     assert np.isfinite(float(value))
     c = loss.last_coefficients.numpy()
@@ -144,20 +155,21 @@ def test_every_strategy_drops_in(strategy):
 
 def test_uncertainty_objective_and_softadapt_slopes():
     unc = slf_tf.UncertaintyLoss(["cross_entropy", "mae"])
+    outcome = types.SimpleNamespace(candidate_losses=tf.constant([2.0, 0.5]))
     with tf.GradientTape() as tape:
-        obj = unc.decision_objective(tf.constant([2.0, 0.5]))
+        obj = unc.decision_loss(unc.sample(None), outcome)
     # d/ds [exp(-s) L / 2 + s / 2] at s = 0 is (1 - L) / 2
     np.testing.assert_allclose(tape.gradient(obj, unc.decision_variables[0].value), [-0.5, 0.25])
     soft = slf_tf.SoftAdaptLoss(["cross_entropy", "mae"], beta=10.0)
-    soft.loss_scale.assign([1.0, 1.0])
+    soft.running.assign([1.0, 1.0, 0.0, 0.0, 0.0, 1.0])  # loss scale [1, 1]
     soft.previous_scale.assign([2.0, 1.0])  # cross-entropy is falling, mae is flat
-    c = soft.select(None, tf.ones([2], tf.bool)).coefficients.numpy()
+    c = soft.sample(None).coefficients.numpy()
     assert c[1] > c[0]  # the candidate that stopped improving gets more weight
     np.testing.assert_allclose(c.sum(), 1.0, rtol=1e-6)
 
 
 def test_traces_once_in_a_tf_function():
-    loss = slf_tf.StochasticLoss(BAG, k=3)
+    loss = _sampling(slf_tf.StochasticLoss(BAG, k=3))
 
     @tf.function
     def f(y, logits):
@@ -191,7 +203,8 @@ def test_traces_once_in_a_tf_function():
             lambda: slf_tf.StochasticLoss(BAG, weighting="some"),
             r"Unknown weighting 'some'; known: \['selected'",
         ),
-        (lambda: slf_tf.StochasticLoss(BAG, decision="rnn"), r"Unknown decision network kind 'rnn'; known"),
+        (lambda: slf_tf.StochasticLoss(BAG, decision_network="rnn"), r"Unknown decision network kind 'rnn'; known"),
+        (lambda: slf_tf.create_loss("slf", BAG, decision="state"), r"Unknown loss arguments \['decision'\]"),
         (lambda: slf_tf.create_loss("best", BAG), r"Unknown loss strategy 'best'; known: \['fixed'"),
         (lambda: slf_tf.FixedLoss(BAG, loss="mse"), "The fixed loss 'mse' is not in the bag"),
     ],
@@ -219,7 +232,6 @@ def test_compile_fit_with_decision_update_saves_and_reloads(tmp_path):
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
     before = loss.selection_probabilities().numpy()
     update = slf_tf.callbacks.DecisionUpdate(
-        loss,
         (x[:1000], y[:1000]),
         (x[1000:1300], y[1000:1300]),
         every_n_batches=2,
@@ -239,7 +251,7 @@ def test_compile_fit_with_decision_update_saves_and_reloads(tmp_path):
     after = loss.selection_probabilities().numpy()
     assert np.max(np.abs(after - before)) > 0.01, (before, after)
     assert int(loss.step.numpy()) == 80 and len(update.history) == 40
-    assert bool(loss.sampling.numpy())  # restored after validation
+    assert not bool(loss.sampling.numpy())  # off again after fit: evaluate() does not sample
     path = tmp_path / "model.keras"
     model.save(path)
     reloaded = keras.models.load_model(path)

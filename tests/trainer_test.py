@@ -68,8 +68,9 @@ def test_event_files_hold_slf_tags(finished_run):
 
 def test_steps_trace_once(finished_run):
     trainer, _, _ = finished_run
-    assert trainer._main_step.experimental_get_tracing_count() == 1
-    assert trainer._full_step.experimental_get_tracing_count() == 1
+    for step in trainer._steps.values():  # with and without the decision update
+        assert step.experimental_get_tracing_count() == 1
+    assert trainer._eval_batch.experimental_get_tracing_count() == 1  # the last partial batch too
 
 
 def test_exported_models_reload_with_same_predictions(finished_run):
@@ -90,7 +91,7 @@ def test_mirrored_on_two_cpus_matches_one_device(tmp_path):
     assert len(tf.config.list_logical_devices("CPU")) == 2  # set up in conftest.py
     single = Trainer(_config(), str(tmp_path / "single"))
     single_results = single.run()
-    mirrored = Trainer(_config(strategy="mirrored"), str(tmp_path / "mirrored"))
+    mirrored = Trainer(_config(distribution="mirrored"), str(tmp_path / "mirrored"))
     assert mirrored.strategy.num_replicas_in_sync == 2
     mirrored_results = mirrored.run()
     rows = [
@@ -108,17 +109,20 @@ def test_mirrored_on_two_cpus_matches_one_device(tmp_path):
 
 def test_mirrored_runs_of_different_models_in_one_process(tmp_path):
     """A second MirroredStrategy would reuse the first one's collective keys and abort (TF #62790)."""
-    first = Trainer(_config(strategy="mirrored", **{"model.hidden_units": (24,)}), str(tmp_path / "a"))
+    first = Trainer(_config(distribution="mirrored", **{"model.hidden_units": (24,)}), str(tmp_path / "a"))
     first.run()
-    second = Trainer(_config(strategy="mirrored", **{"model.hidden_units": (16, 8)}), str(tmp_path / "b"))
+    second = Trainer(_config(distribution="mirrored", **{"model.hidden_units": (16, 8)}), str(tmp_path / "b"))
     assert second.strategy is first.strategy
     assert np.isfinite(second.run()["test"]["loss"])
 
 
-def _run_trainer(workdir, *overrides, check=True):
-    cmd = [sys.executable, "-m", "trainers.classify", "--config=configs/test.py", f"--workdir={workdir}"]
+def _run_trainer(workdir, *overrides, check=True, kill_at_step=None):
+    program = ["-m", "trainers.classify"] if kill_at_step is None else [os.path.join(REPO, "tests", "kill_at_step.py")]
+    cmd = [sys.executable, *program, "--config=configs/test.py", f"--workdir={workdir}"]
     cmd += [f"--config.{o}" for o in overrides]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+    if kill_at_step is not None:
+        env["SLF_TEST_KILL_AT_STEP"] = str(kill_at_step)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"trainer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -133,7 +137,7 @@ def _saved_weights(workdir):
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     _run_trainer(straight, "deterministic=True")
-    killed = _run_trainer(resumed, "deterministic=True", "debug_kill_at_step=10", check=False)
+    killed = _run_trainer(resumed, "deterministic=True", check=False, kill_at_step=10)
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
     assert os.path.exists(os.path.join(resumed, "checkpoints", "ckpt-10.index"))
     assert not os.path.exists(os.path.join(resumed, "export"))
@@ -152,10 +156,13 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         ({"model.name": "vgg"}, r"Unknown model 'vgg'; known: \['mlp', 'cnn', 'resnet20'\]"),
         ({"loss.strategy": "best"}, r"Unknown loss strategy 'best'; known: \['fixed'"),
         ({"loss.candidates": ("cross_entropy", "dice")}, r"Unknown classification loss 'dice'; known"),
-        ({"strategy": "tpu"}, r"Unknown distribution strategy 'tpu'; known: \['default', 'mirrored'"),
-        ({"strategy": "parameter_server"}, "Parameter-server training is not supported"),
+        ({"distribution": "tpu"}, r"Unknown distribution strategy 'tpu'; known: \['default', 'mirrored'"),
+        ({"distribution": "parameter_server"}, "Parameter-server training is not supported"),
         ({"optimizer.name": "lion"}, r"Unknown optimizer 'lion'; known: \['adam'"),
-        ({"slf.optimizer": "lion"}, "Unknown decision optimizer 'lion'"),
+        ({"decision.optimizer": "lion"}, "Unknown decision optimizer 'lion'"),
+        ({"decision.virtual_step": "adam"}, r"Unknown virtual_step 'adam'; known: \['sgd', 'optimizer'\]"),
+        ({"best_metric": "val_mae"}, r"best_metric='val_mae' is not available for classification"),
+        ({"early_stopping_patience": -1}, "early_stopping_patience must be an integer >= 0"),
         ({"loss.k": 0}, 'k must be an integer >= 1 or "inf"; got 0'),
         ({"loss.temperature.initial": 0.0}, "initial must be a finite number > 0; got 0.0"),
         ({"num_train_steps": 0}, "config.num_train_steps must be an integer >= 1; got 0"),
@@ -195,3 +202,40 @@ def test_config_override_type_error_is_reported_quickly(tmp_path):
     assert proc.returncode != 0
     assert "num_train_steps" in proc.stderr and "abc" in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_best_checkpoint_is_kept_exported_and_reported(finished_run):
+    trainer, results, workdir = finished_run
+    best = results["best"]
+    assert best["metric"] == "val_accuracy" and best["step"] in (10, 20)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    val_accuracy = {r["step"]: r["eval/val_accuracy"] for r in rows if "eval/val_accuracy" in r}
+    assert best["val"]["accuracy"] == max(val_accuracy[10], val_accuracy[20])
+    assert os.path.exists(os.path.join(workdir, "checkpoints", "best", f"ckpt-{best['step']}.index"))
+    exported = keras.models.load_model(os.path.join(workdir, "export", "best", "model.keras"))
+    x, y = trainer.data.x_test, trainer.data.y_test
+    accuracy = float(np.mean(np.argmax(exported.predict(x, verbose=0), -1) == y))
+    assert accuracy == pytest.approx(best["test"]["accuracy"], abs=1e-6)
+    assert json.load(open(os.path.join(workdir, "results.json")))["best"] == best
+
+
+def test_early_stopping_stops_and_a_rerun_does_not_resume(tmp_path):
+    config = _config(num_train_steps=200, eval_every_steps=5, early_stopping_patience=2, best_metric="val_loss")
+    config.optimizer.learning_rate = 0.5  # diverges quickly: the validation loss stops improving
+    first = Trainer(config, str(tmp_path)).run()
+    assert first["stopped_early"] and first["step"] < 200
+    assert first["step"] - first["best"]["step"] == 2 * 5
+    again = Trainer(config, str(tmp_path)).run()
+    assert again["step"] == first["step"] and again["best"] == first["best"]
+
+
+def test_lost_checkpoint_state_file_resumes_from_the_files(tmp_path):
+    Trainer(_config(), str(tmp_path)).run()
+    state = tmp_path / "checkpoints" / "checkpoint"
+    state.write_text("garbage {{{")
+    resumed = Trainer(_config(num_train_steps=30), str(tmp_path))
+    resumed.checkpointer.restore()
+    assert resumed.step == 20  # not 0: the checkpoints are found from their files
+    resumed.run()
+    assert os.path.exists(tmp_path / "checkpoints" / "ckpt-30.index")
+    assert os.path.exists(tmp_path / "checkpoints" / "ckpt-20.index")

@@ -35,7 +35,7 @@ def _settings(config) -> dict[str, Any]:
                 continue
             c.data.name, c.data.data_dir, c.data.val_fraction = "mnist", config.mnist_dir, 0.01
             c.data.max_train_examples, c.data.label_noise = 10_000, 0.4
-            c.batch_size, c.model.hidden_units, c.slf.decision_every = 128, (256, 128), 2
+            c.batch_size, c.model.hidden_units, c.decision.every = 128, (256, 128), 2
         else:
             raise ValueError(f"Unknown setting {name!r}; known: ['digits_clean', 'digits_sym40', 'mnist10k_sym40'].")
         out[name] = c

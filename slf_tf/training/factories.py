@@ -10,15 +10,20 @@ import keras
 import tensorflow as tf
 
 from slf_tf import data as data_lib
+from slf_tf import decision as decision_lib
 from slf_tf import losses, models, schedules, selection
 from slf_tf.stochastic_loss import STRATEGIES, CombinedLoss, create_loss
+from slf_tf.train_step import DecisionSettings
 
 __all__ = [
     "DISTRIBUTION_STRATEGIES",
     "OPTIMIZERS",
     "create_distribution_strategy",
+    "best_metric",
     "create_loss_from_config",
     "create_optimizer",
+    "decision_settings",
+    "temperature_schedule",
     "validate_config",
 ]
 
@@ -70,6 +75,7 @@ def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
 
 
 def temperature_schedule(config) -> schedules.TemperatureSchedule:
+    """The temperature schedule of ``config.loss.temperature`` (the one place configs become schedules)."""
     t = config.loss.temperature
     if t.kind == "constant":
         return schedules.ConstantTemperature(t.initial)
@@ -81,8 +87,8 @@ def temperature_schedule(config) -> schedules.TemperatureSchedule:
 
 
 def create_loss_from_config(config, task: str) -> CombinedLoss:
-    """The combined loss of ``config.loss`` for ``task``."""
-    c = config.loss
+    """The combined loss of ``config.loss`` (and ``config.decision``'s network) for ``task``."""
+    c, d = config.loss, config.decision
     return create_loss(
         c.strategy,
         list(c.candidates),
@@ -92,34 +98,76 @@ def create_loss_from_config(config, task: str) -> CombinedLoss:
         estimator=c.estimator,
         weighting=c.weighting,
         threshold=c.threshold,
-        decision=c.decision,
-        hidden_units=c.get("hidden_units", 32),
+        decision_network=d.network,
+        hidden_units=d.hidden_units,
         normalize=c.normalize,
         seed=config.seed,
-        loss=c.get("fixed") or None,
-        beta=c.get("softadapt_beta", 10.0),
+        loss=c.fixed or None,
+        beta=c.softadapt_beta,
         total_steps=config.num_train_steps,
     )
 
 
-def _positive_int(config, key: str) -> None:
+def decision_settings(config) -> DecisionSettings:
+    """How the decision network is updated, from ``config.decision``."""
+    d = config.decision
+    return DecisionSettings(
+        every=d.every,
+        lookahead_lr=d.lookahead_lr,
+        virtual_step=d.virtual_step,
+        method=d.method,
+        entropy_weight=d.entropy_weight,
+        fd_epsilon=d.fd_epsilon,
+    )
+
+
+BEST_METRICS = ("auto", "val_accuracy", "val_loss", "val_mae", "")
+
+
+def best_metric(config, task: str) -> str:
+    """The validation metric that picks the best checkpoint (``""``: none); ``auto`` = accuracy or MAE by task."""
+    name = config.best_metric
+    if name == "auto":
+        return "val_mae" if task == "regression" else "val_accuracy"
+    available = ("val_loss", "val_mae") if task == "regression" else ("val_loss", "val_accuracy")
+    if name and name not in available:
+        raise ValueError(f"config.best_metric={name!r} is not available for {task}; use one of {list(available)}.")
+    return name
+
+
+# Fields that were renamed: the old name in a config gets an error naming the new one.
+RENAMED = {
+    "strategy": "distribution (the tf.distribute strategy; loss.strategy is the kind of loss)",
+    "slf": "decision (decision_every -> decision.every; the other fields keep their names)",
+    "loss.decision": "decision.network",
+    "loss.hidden_units": "decision.hidden_units",
+    "debug_kill_at_step": "nothing: it was a test hook and is gone",
+}
+
+
+def _check_renamed(config) -> None:
+    for old, new in RENAMED.items():
+        node = config
+        *parents, leaf = old.split(".")
+        for p in parents:
+            node = node.get(p, {}) if hasattr(node, "get") else {}
+        if hasattr(node, "get") and leaf in node:
+            raise ValueError(f"config.{old} was renamed: use config.{new}.")
+
+
+def _positive_int(config, key: str, prefix: str = "") -> None:
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"config.{key} must be an integer >= 1; got {value!r}.")
+        raise ValueError(f"config.{prefix}{key} must be an integer >= 1; got {value!r}.")
 
 
 def validate_config(config) -> None:
     """Checks every name and number a run needs, before any data, model or file is touched."""
-    for key in (
-        "num_train_steps",
-        "batch_size",
-        "log_every_steps",
-        "eval_every_steps",
-        "checkpoint_every_steps",
-    ):
+    _check_renamed(config)
+    for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
         _positive_int(config, key)
-    if config.strategy not in DISTRIBUTION_STRATEGIES:
-        create_distribution_strategy(config.strategy)  # raises with the allowed names
+    if config.distribution not in DISTRIBUTION_STRATEGIES:
+        create_distribution_strategy(config.distribution)  # raises with the allowed names
     name = config.data.name
     if name not in data_lib.EMBEDDED and name != "mnist" and not name.startswith("tfds:"):
         raise ValueError(f"Unknown dataset {name!r}; known: {list(data_lib.DATASETS)}.")
@@ -127,21 +175,25 @@ def validate_config(config) -> None:
         raise ValueError(f"Unknown model {config.model.name!r}; known: {list(models.MODELS)}.")
     if config.optimizer.name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {config.optimizer.name!r}; known: {list(OPTIMIZERS)}.")
-    if config.slf.optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown decision optimizer {config.slf.optimizer!r}; known: {list(OPTIMIZERS)}.")
+    if config.decision.optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown decision optimizer {config.decision.optimizer!r}; known: {list(OPTIMIZERS)}.")
     if config.loss.strategy not in STRATEGIES:
         raise ValueError(f"Unknown loss strategy {config.loss.strategy!r}; known: {sorted(STRATEGIES)}.")
     task = data_lib.EMBEDDED.get(name, "classification")
     losses.LossBag(list(config.loss.candidates), task=task)  # names, parameters, duplicates
     selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
+    if config.decision.network not in decision_lib.KINDS:
+        raise ValueError(f"Unknown decision network {config.decision.network!r}; known: {list(decision_lib.KINDS)}.")
     temperature_schedule(config)
-    if config.slf.method not in ("exact", "finite_difference"):
-        raise ValueError(f"Unknown hypergradient method {config.slf.method!r}; known: ['exact', 'finite_difference'].")
-    _positive_int(config.slf, "decision_every")
-    _positive_int(config.slf, "val_batch_size")
+    decision_settings(config)  # every, lookahead_lr, virtual_step, method, entropy_weight, fd_epsilon
+    _positive_int(config.decision, "val_batch_size", "decision.")
     if config.get("mixed_precision", "") not in ("", "float32", "mixed_bfloat16", "mixed_float16"):
         raise ValueError(
             f"Unknown mixed_precision {config.mixed_precision!r}; known: ['', 'mixed_bfloat16', 'mixed_float16']."
         )
-    if not config.slf.lookahead_lr > 0:
-        raise ValueError(f"config.slf.lookahead_lr must be > 0; got {config.slf.lookahead_lr!r}.")
+    if config.best_metric not in BEST_METRICS:
+        raise ValueError(f"Unknown best_metric {config.best_metric!r}; known: {list(BEST_METRICS)}.")
+    best_metric(config, task)
+    patience = config.early_stopping_patience
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"config.early_stopping_patience must be an integer >= 0 (0: off); got {patience!r}.")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["MetricWriter", "selection_heatmap_png", "slf_layout"]
+__all__ = ["MetricWriter", "selection_heatmap_png", "slf_layout", "slf_scalars"]
 
 
 def _scalar(v: Any) -> float | None:
@@ -79,6 +79,35 @@ class MetricWriter:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+
+
+def slf_scalars(loss: Any, metrics: Mapping[str, Any], frequency: np.ndarray, tags: Sequence[str]) -> dict[str, float]:
+    """The ``slf/`` scalars of a log step: per candidate, and the decision update's own.
+
+    Args:
+      loss: the combined loss (its state holds the last step's choice).
+      metrics: the latest step's metrics (and the last decision update's).
+      frequency: the realised selection frequency since the previous log step, ``[N]``.
+      tags: TensorBoard-safe candidate names.
+    """
+    per_candidate = {
+        "loss": loss.last_losses.numpy(),
+        "selection_probability": loss.selection_probabilities().numpy(),
+        "selection_frequency": frequency,
+        "weight": loss.last_weights.numpy(),
+        "coefficient": loss.last_coefficients.numpy(),
+    }
+    if "scores" in metrics:  # -dJ/dc of the last decision update
+        per_candidate["score"] = np.asarray(metrics["scores"])
+    out = {f"slf/{q}/{tag}": float(v[i]) for q, v in per_candidate.items() for i, tag in enumerate(tags)}
+    for key in ("hypergrad_norm", "val_loss_lookahead", "decision_skipped"):
+        if key in metrics:
+            out[f"slf/{key}"] = float(metrics[key])
+    if hasattr(loss, "temperature"):
+        out["slf/temperature"] = float(loss.temperature())
+    out["slf/masked_count"] = float(np.sum(loss.masked_counts.numpy()))
+    out["slf/skipped_steps"] = float(loss.skipped_steps.numpy())
+    return out
 
 
 def slf_layout(names: Sequence[str]):

@@ -1,0 +1,199 @@
+"""``SLFModel``: Keras ``fit`` running the fused SLF step (main and decision update in one ``train_step``).
+
+    model = keras.Sequential([...])                       # outputs logits
+    slf_model = slf_tf.SLFModel(model, validation_data=(x_val, y_val))   # a clean held-out split
+    slf_model.compile(optimizer="adam", loss=slf_tf.StochasticLoss([...], k=3), metrics=["accuracy"])
+    slf_model.fit(x, y, epochs=5, validation_data=(x_val, y_val))
+
+Each training batch of ``fit`` goes through :class:`slf_tf.train_step.TrainStep`:
+the coefficients are sampled, the main network is updated, and the decision
+network is updated by the validation hypergradient whose virtual step starts
+from the same weights and uses the same ``c`` and the same batch -- one
+forward/backward of the batch serves both (the trainer's step, exactly).
+Evaluation (``evaluate``, ``predict``, ``fit``'s validation) uses the loss's
+noise-free expected coefficients and changes no state.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from slf_tf import distributed, rng
+from slf_tf.stochastic_loss import CombinedLoss
+from slf_tf.train_step import DecisionSettings, TrainStep
+
+__all__ = ["SLFModel"]
+
+_MAX_VALIDATION_BYTES = 1 << 30  # held in memory as tensors
+
+
+def _validation_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` arrays from a tuple or a finite dataset of ``(x, y)`` batches (held in memory)."""
+    if data is None:
+        raise ValueError(
+            "SLFModel needs validation_data: a clean held-out split as (x, y) arrays or a finite tf.data.Dataset "
+            "of (x, y) batches (never the test set). fit's validation_split cannot feed it; split your data first."
+        )
+    if isinstance(data, tf.data.Dataset):
+        xs, ys = [], []
+        for element in data:
+            if not isinstance(element, tuple) or len(element) != 2:
+                raise ValueError(f"validation_data must yield (x, y) batches; got {type(element).__name__}.")
+            xs.append(np.asarray(element[0]))
+            ys.append(np.asarray(element[1]))
+        if not xs:
+            raise ValueError("validation_data is an empty dataset.")
+        batched = xs[0].ndim >= 2
+        x, y = (np.concatenate(xs), np.concatenate(ys)) if batched else (np.stack(xs), np.stack(ys))
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+    elif isinstance(data, (tuple, list)) and len(data) == 3:
+        raise ValueError(
+            "validation_data got (x, y, sample_weight); the decision update weighs examples alike: pass (x, y)."
+        )
+    else:
+        raise ValueError(f"validation_data must be (x, y) arrays or a dataset of (x, y); got {type(data).__name__}.")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"validation_data needs as many labels as inputs, at least one; got {len(x)} and {len(y)}.")
+    if x.nbytes + y.nbytes > _MAX_VALIDATION_BYTES:
+        raise ValueError(
+            f"validation_data holds {(x.nbytes + y.nbytes) / 2**30:.1f} GiB; SLFModel keeps it in memory (<= 1 GiB)."
+        )
+    return x, y
+
+
+@keras.saving.register_keras_serializable(package="slf_tf")
+class SLFModel(keras.Model):
+    """Wraps a model so that ``fit`` trains it with a combined loss and that loss's decision network.
+
+    Args:
+      network: the main network (a Keras model whose outputs are logits).
+      validation_data: the clean held-out split the decision network learns from:
+        ``(x, y)`` arrays or a finite dataset of ``(x, y)`` batches.
+      decision_optimizer: a Keras optimizer or its name (default Adam, lr 0.02).
+      val_batch_size: validation examples per decision update (global; drawn from
+        ``(seed, step)``, so a resumed run draws the same ones).
+      **settings: :class:`slf_tf.train_step.DecisionSettings` fields: ``every``,
+        ``lookahead_lr``, ``virtual_step``, ``method``, ``entropy_weight``, ``fd_epsilon``.
+
+    Compile it with a :class:`slf_tf.CombinedLoss` (any strategy) as ``loss``.
+    Save ``slf_model.network`` for inference; the wrapper's ``get_config`` leaves
+    the validation data out.
+    """
+
+    def __init__(
+        self,
+        network: keras.Model,
+        validation_data: Any = None,
+        decision_optimizer: Any = None,
+        val_batch_size: int = 128,
+        name: str | None = None,
+        **settings: Any,
+    ):
+        super().__init__(name=name or f"slf_{network.name}")
+        self.network = network
+        self.settings = DecisionSettings(**settings)
+        if isinstance(val_batch_size, bool) or not isinstance(val_batch_size, int) or val_batch_size < 1:
+            raise ValueError(f"val_batch_size must be an integer >= 1; got {val_batch_size!r}.")
+        self.val_batch_size = val_batch_size
+        self._validation = None
+        if validation_data is not None:
+            self.set_validation_data(validation_data)
+        optimizer = (
+            keras.optimizers.get(decision_optimizer) if isinstance(decision_optimizer, str) else decision_optimizer
+        )
+        self.decision_optimizer = optimizer or keras.optimizers.Adam(0.02)
+        self._step: TrainStep | None = None
+        self._update_decision = True
+
+    def call(self, x, training=False):
+        return self.network(x, training=training)
+
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
+        if not isinstance(loss, CombinedLoss):
+            raise ValueError(f"SLFModel.compile needs a slf_tf combined loss (e.g. StochasticLoss); got {loss!r}.")
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+        self._step = None
+
+    def _train_step_fn(self) -> TrainStep:
+        if self._validation is None and self.loss.needs_lookahead:
+            raise ValueError(
+                "This SLFModel has no validation_data (e.g. reloaded from a file); set_validation_data first."
+            )
+        if self._step is None:
+            self._step = TrainStep(self.network, self.loss, self.optimizer, self.decision_optimizer, self.settings)
+        return self._step
+
+    def set_validation_data(self, validation_data: Any) -> None:
+        """Sets (or replaces) the clean held-out split of the decision update."""
+        # Eager tensors: a traced step captures them by reference instead of copying them into its graph.
+        self._validation = tuple(tf.constant(a) for a in _validation_arrays(validation_data))
+
+    def _validation_batch(self, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """This replica's share of the step's validation batch, drawn with replacement from ``(seed, step)``."""
+        x, y = self._validation
+        replicas = distributed.num_replicas()
+        if self.val_batch_size % replicas:
+            raise ValueError(
+                f"val_batch_size={self.val_batch_size} must divide by the number of replicas ({replicas})."
+            )
+        per_replica = self.val_batch_size // replicas
+        seed = rng.step_seed(self.loss.seed, step, stream=2)
+        idx = tf.random.stateless_uniform([self.val_batch_size], seed, 0, x.shape[0], tf.int32)
+        context = tf.distribute.get_replica_context()
+        first = (0 if context is None else context.replica_id_in_sync_group) * per_replica
+        mine = idx[first : first + per_replica]
+        return tf.gather(x, mine), tf.gather(y, mine)
+
+    def train_step(self, data, update_decision: bool | None = None):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        step = tf.convert_to_tensor(self.loss.step)
+        train_step = self._train_step_fn()
+        if self._validation is not None:
+            x_val, y_val = self._validation_batch(step)
+        else:
+            x_val = y_val = None
+        decide = self._update_decision if update_decision is None else update_decision
+        result = train_step(step, x, y, x_val, y_val, sample_weight, update_decision=decide)
+        self._loss_tracker.update_state(result.metrics["loss"], sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+        return self.compute_metrics(x, y, result.predictions, sample_weight=sample_weight)
+
+    def make_train_function(self, force: bool = False):
+        """With ``every > 1``: two traced train functions (with and without the decision update), as the trainer."""
+        if self.train_function is not None and not force:
+            return self.train_function
+        every = self.settings.every
+        if every == 1:
+            return super().make_train_function(force)
+        if not hasattr(self, "_make_function"):
+            raise NotImplementedError("every > 1 needs Keras 3's TensorFlow trainer (_make_function); use every=1.")
+        full = self._make_function(functools.partial(self.train_step, update_decision=True))
+        main = self._make_function(functools.partial(self.train_step, update_decision=False))
+        calls = [int(self.loss.step.numpy())]
+
+        def train_function(iterator):
+            fn = full if calls[0] % every == 0 else main
+            calls[0] += 1
+            return fn(iterator)
+
+        self.train_function = train_function
+        return train_function
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "network": keras.saving.serialize_keras_object(self.network),
+            "val_batch_size": self.val_batch_size,
+            "name": self.name,
+            **{f.name: getattr(self.settings, f.name) for f in self.settings.__dataclass_fields__.values()},
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SLFModel:
+        config = dict(config)
+        network = keras.saving.deserialize_keras_object(config.pop("network"))
+        return cls(network, **config)

@@ -1,0 +1,114 @@
+"""Checkpoints of a run: rolling ones to resume from, and the best-validation one kept apart.
+
+Layout under ``<workdir>/checkpoints``: ``ckpt-<step>.*`` (the newest
+``max_to_keep``), and ``best/ckpt-<step>.*`` with ``best/best.json`` (the step,
+its validation and test metrics). Checkpoints are found from their files, not
+from TensorFlow's ``checkpoint`` state file alone, so a lost or garbled state
+file neither restarts a run nor lets it overwrite what is there.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Any
+
+import tensorflow as tf
+from absl import logging
+
+__all__ = ["Checkpointer", "list_checkpoints", "write_json"]
+
+_READ_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError)
+
+
+def list_checkpoints(directory: str) -> list[str]:
+    """The checkpoint prefixes in ``directory`` (``.../ckpt-<step>``), oldest first, from their index files."""
+    found = []
+    for index in glob.glob(os.path.join(directory, "ckpt-*.index")):
+        match = re.fullmatch(r"ckpt-(\d+)\.index", os.path.basename(index))
+        if match:
+            found.append((int(match.group(1)), index[: -len(".index")]))
+    return [prefix for _, prefix in sorted(found)]
+
+
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Writes JSON atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+    """Saves and restores ``objects`` (a ``tf.train.Checkpoint``'s keyword arguments).
+
+    Args:
+      objects: what a checkpoint holds (step, both networks, both optimizers, state).
+      directory: where the rolling checkpoints go (``best/`` inside it).
+      max_to_keep: rolling checkpoints kept.
+    """
+
+    def __init__(self, objects: dict[str, Any], directory: str, max_to_keep: int = 3):
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.directory, self.max_to_keep = directory, max_to_keep
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        self.best_directory = os.path.join(directory, "best")
+        self._best_manager = tf.train.CheckpointManager(self.checkpoint, self.best_directory, max_to_keep=1)
+
+    def _restore_newest(self, prefixes: list[str]) -> str | None:
+        for path in reversed(prefixes):  # newest first; an unreadable one falls back to the previous
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except _READ_ERRORS as e:
+                logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, type(e).__name__)
+                continue
+            return path
+        return None
+
+    def restore(self) -> str | None:
+        """Restores the newest readable rolling checkpoint; returns its path (None: nothing to resume).
+
+        Raises ``ValueError`` if checkpoints exist but none is readable (nothing is overwritten).
+        """
+        prefixes = list_checkpoints(self.directory)
+        if not prefixes:
+            return None
+        path = self._restore_newest(prefixes)
+        if path is None:
+            raise ValueError(
+                f"No readable checkpoint among {len(prefixes)} in {self.directory}; "
+                "move the folder aside to start over, or use a new workdir."
+            )
+        if self.manager.latest_checkpoint != prefixes[-1]:  # a lost or stale state file: rebuild it
+            logging.warning("Checkpoint state file missing or stale in %s; found %s.", self.directory, prefixes[-1])
+            tf.compat.v1.train.update_checkpoint_state(
+                self.directory, prefixes[-1], all_model_checkpoint_paths=prefixes
+            )
+            self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.max_to_keep)
+        logging.info("Resumed from %s.", path)
+        return path
+
+    def save(self, step: int) -> str:
+        return self.manager.save(checkpoint_number=step)
+
+    # ---------------------------------------------------------------- the best --
+
+    def best(self) -> dict[str, Any] | None:
+        """The best checkpoint's record ``{"step", "val", "test"}`` (None if there is none yet)."""
+        path = os.path.join(self.best_directory, "best.json")
+        if not os.path.exists(path) or not list_checkpoints(self.best_directory):
+            return None
+        with open(path) as f:
+            return json.load(f)
+
+    def save_best(self, step: int, record: dict[str, Any]) -> None:
+        """Saves the current state as the best checkpoint (replacing the previous best)."""
+        self._best_manager.save(checkpoint_number=step)
+        write_json(os.path.join(self.best_directory, "best.json"), {"step": step, **record})
+
+    def restore_best(self) -> bool:
+        """Loads the best checkpoint's state (e.g. to export it); False if there is none."""
+        prefixes = list_checkpoints(self.best_directory)
+        return bool(prefixes) and self._restore_newest(prefixes) is not None

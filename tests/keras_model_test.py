@@ -1,0 +1,106 @@
+"""Tests of SLFModel, the fused fit path: training, the decision update, evaluation purity, wiring errors."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+import slf_tf
+
+BAG = ["cross_entropy", "focal(gamma=2.0)", "mae", "squared_hinge"]
+
+
+def _digits():
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = (x[order] / 16.0).astype(np.float32), y[order].astype(np.int32)
+    return (x[:800], y[:800]), (x[800:1100], y[800:1100]), (x[1100:], y[1100:])
+
+
+def _network():
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+
+
+def _model(every=1, **kwargs):
+    _, val, _ = _digits()
+    keras.utils.set_random_seed(0)
+    model = slf_tf.SLFModel(_network(), val, val_batch_size=64, every=every, **kwargs)
+    loss = slf_tf.StochasticLoss(BAG, k=2, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
+    return model, loss
+
+
+def test_fit_trains_both_networks():
+    (x, y), _, (xt, yt) = _digits()
+    model, loss = _model()
+    before = loss.selection_probabilities().numpy()
+    history = model.fit(x, y, batch_size=50, epochs=3, verbose=0)
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert history.history["accuracy"][-1] > history.history["accuracy"][0]
+    assert np.max(np.abs(loss.selection_probabilities().numpy() - before)) > 0.01
+    assert int(loss.step.numpy()) == 48  # 16 batches x 3 epochs
+    assert np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt) > 0.85
+
+
+def test_evaluate_is_deterministic_and_changes_no_state():
+    (x, y), _, (xt, yt) = _digits()
+    model, loss = _model()
+    model.fit(x, y, batch_size=50, epochs=1, verbose=0)
+    state = [v.numpy().copy() for v in loss.state_variables + loss.decision_variables]
+    results = [model.evaluate(xt, yt, verbose=0, return_dict=True) for _ in range(3)]
+    assert results[0] == results[1] == results[2]
+    for before, variable in zip(state, loss.state_variables + loss.decision_variables, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), before)
+
+
+def test_every_two_steps_updates_the_decision_on_even_steps_only():
+    (x, y), _, _ = _digits()
+    model, loss = _model(every=2)
+    alphas = []
+
+    class Watch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            alphas.append(loss.decision_network.alpha.numpy().copy())
+
+    model.fit(x[:400], y[:400], batch_size=50, epochs=1, verbose=0, callbacks=[Watch()])
+    moved = [not np.array_equal(a, b) for a, b in zip([np.zeros(4)] + alphas[:-1], alphas, strict=True)]
+    assert moved == [True, False] * 4
+
+
+def test_sample_weight_zero_examples_do_not_count():
+    (x, y), _, _ = _digits()
+    model, _ = _model()
+    weights = np.ones(len(x), np.float32)
+    weights[::2] = 0.0
+    history = model.fit(x, y, sample_weight=weights, batch_size=50, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_wiring_errors_say_what_to_do():
+    _, val, _ = _digits()
+    unwired = slf_tf.SLFModel(_network())
+    unwired.compile(loss=slf_tf.StochasticLoss(BAG))
+    with pytest.raises(ValueError, match="has no validation_data"):
+        unwired.fit(val[0], val[1], verbose=0)
+    with pytest.raises(ValueError, match="SLFModel needs validation_data"):
+        unwired.set_validation_data(None)
+    with pytest.raises(ValueError, match=r"got \(x, y, sample_weight\)"):
+        slf_tf.SLFModel(_network(), (val[0], val[1], np.ones(len(val[0]))))
+    with pytest.raises(ValueError, match="needs a slf_tf combined loss"):
+        slf_tf.SLFModel(_network(), val).compile(loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"Unknown virtual_step 'adam'"):
+        slf_tf.SLFModel(_network(), val, virtual_step="adam")
+
+
+def test_validation_data_from_a_batched_dataset():
+    _, (xv, yv), _ = _digits()
+    model = slf_tf.SLFModel(_network(), tf.data.Dataset.from_tensor_slices((xv, yv)).batch(32))
+    np.testing.assert_array_equal(model._validation[1].numpy(), yv)
+
+
+def test_config_round_trip_keeps_settings_not_data():
+    model, _ = _model(every=3, lookahead_lr=0.1)
+    clone = slf_tf.SLFModel.from_config(model.get_config())
+    assert clone.settings == model.settings and clone.val_batch_size == 64
+    assert clone._validation is None
