@@ -42,12 +42,12 @@ MNIST_DIR ?=
 bench: $(STAMP)
 	$(PY) -m benchmarks.sampler --rounds 20
 	$(PY) -m benchmarks.step_overhead --rounds 5
-	$(PY) -m benchmarks.quality --seeds 2 --settings digits_sym40 --strategies fixed_ce,uniform,softmax,slf --name quality_fast
+	$(PY) -m benchmarks.quality --seeds 2 --settings digits_sym40 --strategies fixed,uniform,softmax,slf --workers 2 --name quality_fast
 
 bench-full: $(STAMP)
 	$(PY) -m benchmarks.sampler --rounds 30
 	$(PY) -m benchmarks.step_overhead --rounds 15
-	$(PY) -m benchmarks.quality --seeds 5 --mnist_dir "$(MNIST_DIR)"
+	$(PY) -m benchmarks.quality --seeds 5 --workers 2 --mnist_dir "$(MNIST_DIR)"
 
 # Bazel (offline: see third_party/bazel/README.md). Installs Debian's bazel-bootstrap 4.2.3 if missing.
 bazel-test: $(STAMP)

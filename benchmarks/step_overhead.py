@@ -37,6 +37,7 @@ from slf_tf.training import trainer as trainer_lib  # noqa: E402
 _ROUNDS = flags.DEFINE_integer("rounds", 15, "Timing rounds (medians are over these).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per variant per round (a multiple of 10).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Where step_overhead.md / .json go.")
+_MODELS = flags.DEFINE_list("models", ["mlp", "cnn"], "Which models to time (mlp, cnn).")
 BATCH = 128
 
 
@@ -54,9 +55,9 @@ def _config(model: str, method: str = "exact", decision_every: int = 1):
     c.model.name = model
     c.batch_size = BATCH
     c.num_train_steps = 10**6
-    c.slf.method = method
-    c.slf.decision_every = decision_every
-    c.slf.val_batch_size = BATCH
+    c.decision.method = method
+    c.decision.every = decision_every
+    c.decision.val_batch_size = BATCH
     return c
 
 
@@ -117,14 +118,14 @@ def _trainer_variant(name: str, config, dataset, decision_every: int | None) -> 
         out = None
         for _ in range(n):
             full = decision_every is not None and state["step"] % decision_every == 0
-            out = (trainer._full_step if full else trainer._main_step)(iterator)
+            out = trainer._steps[full](iterator)
             state["step"] += 1
         return out
 
     def traced():
         return {
-            "main_step": trainer._main_step.experimental_get_tracing_count(),
-            "full_step": trainer._full_step.experimental_get_tracing_count(),
+            "main_step": trainer._steps[False].experimental_get_tracing_count(),
+            "full_step": trainer._steps[True].experimental_get_tracing_count(),
         }
 
     return _Variant(name, run, traced)
@@ -174,7 +175,8 @@ def main(argv):
     trainer_lib.quiet_library_logs()
     if _STEPS.value % 10:
         raise app.UsageError("--steps must be a multiple of 10 (the exact_every10 cycle).")
-    setups = {"mlp": data_lib.load("digits", seed=0), "cnn": _synthetic_mnist()}
+    setups = {"mlp": lambda: data_lib.load("digits", seed=0), "cnn": _synthetic_mnist}
+    setups = {name: setups[name]() for name in _MODELS.value}
     results, rows = {}, []
     for model_name, dataset in setups.items():
         r = _measure(model_name, dataset, _ROUNDS.value, _STEPS.value)

@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.outlier_fraction = 0.0
     config.data.outlier_scale = 5.0
     config.data.standardize = True
+    config.data.max_load_gb = 4.0  # refuse data files that declare more than this (read from their headers)
 
     # Main network.
     config.model = ml_collections.ConfigDict()
@@ -100,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.decision.val_batch_size = 128
     config.decision.fd_epsilon = 1e-3
     config.decision.clipnorm = 0.0  # global-norm clipping of the decision gradients (0: off)
+    # Restart mode: after this fraction of the steps, re-initialise the main network (and its optimizer)
+    # and train on with the decision learned so far, within the same budget (0: off).
+    config.decision.restart_fraction = 0.0
 
     # Save export/model.keras and export/saved_model at the end (and export/best/).
     config.export = True

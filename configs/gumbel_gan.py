@@ -1,4 +1,4 @@
-"""Gumbel-Softmax GAN over the numbers 0-4 (DESIGN 5).
+"""Gumbel-Softmax GAN over the numbers 0-4.
 
 Run:  python -m trainers.gumbel_gan --config configs/gumbel_gan.py --workdir runs/gumbel_gan
 Runtime: well under 2 minutes on a 2-core CPU. Goal: TV(generator, truth) <= 0.05.

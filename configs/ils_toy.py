@@ -1,4 +1,4 @@
-"""ILS toy example 1 (DESIGN 5): 5 random categoricals of dimension 5, learned from single draws.
+"""ILS toy example 1: 5 random categoricals of dimension 5, learned from single draws.
 
 Run:  python -m trainers.ils_toy --config configs/ils_toy.py --workdir runs/ils_toy
 Runtime: about 1-2 minutes on a 2-core CPU (12 settings x 50,000 SGD steps in one tf.function).

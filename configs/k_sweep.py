@@ -1,4 +1,4 @@
-"""The K sweep (DESIGN 5): SLF test accuracy against K on clean digits, noisy digits, noisy MNIST.
+"""The K sweep: SLF test accuracy against K on clean digits, noisy digits, noisy MNIST.
 
 Run:  python -m trainers.k_sweep --config configs/k_sweep.py --workdir runs/k_sweep \
           [--config.mnist_dir=/path/to/mnist]   # adds the noisy MNIST subset

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from slf_tf.stochastic_loss import CombinedLoss
-from slf_tf.train_step import DecisionSettings, TrainStep
+from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
 __all__ = ["DecisionUpdate", "as_batches"]
 
@@ -94,8 +94,7 @@ class DecisionUpdate(keras.callbacks.Callback):
             raise ValueError(f"every_n_batches must be an integer >= 1; got {every_n_batches!r}.")
         self.settings = DecisionSettings(every=every_n_batches, **settings)
         self.expected_loss = loss
-        self.optimizer = keras.optimizers.get(optimizer) if isinstance(optimizer, str) else optimizer
-        self.optimizer = self.optimizer or keras.optimizers.Adam(0.02)
+        self.optimizer = optimizer  # made (or re-made) under the model's strategy when training starts
         self._train_iter = iter(as_batches(train_data, "DecisionUpdate train_data").repeat())
         self._val_iter = iter(as_batches(val_data, "DecisionUpdate val_data").repeat())
         self._batches = 0
@@ -117,8 +116,10 @@ class DecisionUpdate(keras.callbacks.Callback):
                 "DecisionUpdate(loss=...) is not the loss the model was compiled with; the callback would train "
                 "a decision network the model never uses. Drop loss=..., or compile with that loss."
             )
-        self._step = TrainStep(self.model, loss, self.model.optimizer, self.optimizer, self.settings)
         strategy = self.model.distribute_strategy  # every replica takes the whole batch: partials add up
+        self.optimizer = optimizer_in_scope(self.optimizer, strategy)
+        with strategy.scope():
+            self._step = TrainStep(self.model, loss, self.model.optimizer, self.optimizer, self.settings)
 
         @tf.function
         def decide(step, x, y, x_val, y_val):
@@ -145,6 +146,15 @@ class DecisionUpdate(keras.callbacks.Callback):
         x_val, y_val = next(self._val_iter)
         metrics = self._decide(self.loss.step - 1, x, y, x_val, y_val)  # re-draws the step just taken
         self.history.append({k: float(tf.reduce_mean(v)) for k, v in metrics.items() if k != "scores"})
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Adds the decision (``slf_p_*``, ``slf_w_*``, ``slf_temperature``, ``slf_hypergrad_norm``) to the epoch's
+        logs, for History, CSVLogger and TensorBoard callbacks listed after this one."""
+        if logs is None:
+            return
+        logs.update({k: float(v) for k, v in self.loss.decision_summary().items()})
+        if self.history:
+            logs["slf_hypergrad_norm"] = self.history[-1].get("hypergrad_norm", 0.0)
 
     def on_test_begin(self, logs=None):
         self.loss.sampling.assign(False)  # validation inside fit, or evaluate() with this callback

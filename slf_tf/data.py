@@ -1,4 +1,4 @@
-"""Datasets, deterministic splits, label noise and outliers (DESIGN 4).
+"""Datasets, deterministic splits, label noise and outliers (docs/design.md, "Data").
 
 Sources, by ``name``:
   * embedded, offline (scikit-learn's bundled files): ``digits`` (8x8 handwritten
@@ -20,13 +20,28 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import math
 import os
 import struct
 from typing import Any
 
 import numpy as np
+from absl import logging
 
-__all__ = ["Dataset", "DATASETS", "NOISE_KINDS", "load", "load_idx", "load_mnist_dir", "noisy_labels"]
+__all__ = [
+    "DATASETS",
+    "NOISE_KINDS",
+    "Dataset",
+    "Raw",
+    "check_class_labels",
+    "corrupt",
+    "load",
+    "load_idx",
+    "load_mnist_dir",
+    "noisy_labels",
+    "read",
+    "split",
+]
 
 EMBEDDED = {
     "digits": "classification",
@@ -81,28 +96,41 @@ class Dataset:
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def load_idx(path: str) -> np.ndarray:
-    """Reads one IDX file (gzipped or not); raises ``ValueError`` on a truncated or corrupt file."""
+def load_idx(path: str, max_bytes: float = 4 * 2**30) -> np.ndarray:
+    """Reads one IDX file (gzipped or not); raises ``ValueError`` on a truncated, corrupt or oversized file.
+
+    The header is read first, so a file that would expand beyond ``max_bytes`` of
+    data (a small ``.gz`` can hold gigabytes) is refused before it is read.
+    """
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise ValueError(f"{path} is not an IDX file (bad magic number {head!r}).")
+            ndim = head[3]
+            if ndim == 0:
+                raise ValueError(f"{path} declares 0 dimensions; an IDX data file needs at least one.")
+            dims = f.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(f"{path} is truncated: the header needs {4 + 4 * ndim} bytes.")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+            if expected > max_bytes:
+                raise ValueError(
+                    f"{path} declares shape {shape}: {expected / 2**30:.1f} GiB of data, over the "
+                    f"{max_bytes / 2**30:.1f} GiB cap (data.max_load_gb). Raise the cap if that is intended."
+                )
+            logging.info("Reading %s: shape %s, %.1f MB.", path, shape, expected / 2**20)
+            data = f.read(expected + 1)
     except (OSError, EOFError) as e:
         raise ValueError(f"Cannot read IDX file {path}: {e}.") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4]!r}).")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(f"{path} is truncated: the header needs {header} bytes, the file has {len(data)}.")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(data) - header != expected:
+    if len(data) != expected:
         raise ValueError(
-            f"{path} is truncated or corrupt: shape {shape} needs {expected} bytes of data, found {len(data) - header}."
+            f"{path} is truncated or corrupt: shape {shape} needs {expected} bytes of data, found {len(data)}."
         )
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _find_idx(data_dir: str, stem: str) -> str:
@@ -113,7 +141,9 @@ def _find_idx(data_dir: str, stem: str) -> str:
     raise FileNotFoundError(stem)
 
 
-def load_mnist_dir(data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_mnist_dir(
+    data_dir: str, max_bytes: float = 4 * 2**30
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x_train, y_train, x_test, y_test)`` from a directory of the four MNIST IDX files."""
     if not data_dir or not os.path.isdir(data_dir):
         raise ValueError(
@@ -128,7 +158,7 @@ def load_mnist_dir(data_dir: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
             missing.append(stem)
     if missing:
         raise ValueError(f"{data_dir} lacks the MNIST IDX file(s) {missing} (plain or .gz).")
-    arrays = {key: load_idx(path) for key, path in paths.items()}
+    arrays = {key: load_idx(path, max_bytes) for key, path in paths.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
             raise ValueError(f"MNIST {split} images and labels differ in length in {data_dir}.")
@@ -217,6 +247,141 @@ def _split_indices(n: int, fractions: tuple[float, float], rng: np.random.Genera
     return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
 
 
+@dataclasses.dataclass
+class Raw:
+    """A dataset as read from its source, before splitting: ``x`` flattened to float32 rows."""
+
+    name: str
+    task: str
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None = None  # sets that ship a test split keep it
+    y_test: np.ndarray | None = None
+    image_shape: tuple[int, ...] | None = None
+
+
+def read(name: str, data_dir: str = "", max_bytes: float = 4 * 2**30) -> Raw:
+    """Reads ``name`` (see :func:`load`); images are flattened and scaled to [0, 1]."""
+    if name in EMBEDDED:
+        x, y = _embedded(name)
+        if name == "digits":
+            return Raw(name, EMBEDDED[name], x / 16.0, y, image_shape=(8, 8, 1))
+        return Raw(name, EMBEDDED[name], x, y)
+    if name == "mnist":
+        x, y, x_test, y_test = load_mnist_dir(data_dir, max_bytes)
+        if len(x) == 0:
+            raise ValueError(f"Dataset 'mnist' in {data_dir} is empty (0 training images).")
+        x, x_test = (a.reshape(len(a), -1) / 255.0 for a in (x, x_test))
+        return Raw(name, "classification", x, y, x_test, y_test, (28, 28, 1))
+    if name.startswith("tfds:"):
+        x, y, x_test, y_test = _tfds(name[5:], data_dir)
+        image_shape = tuple(x.shape[1:]) if x.ndim == 4 else None
+        if image_shape:
+            x = x.reshape(len(x), -1) / 255.0
+            x_test = None if x_test is None else x_test.reshape(len(x_test), -1) / 255.0
+        return Raw(name, "classification", x, y, x_test, y_test, image_shape)
+    raise ValueError(f"Unknown dataset {name!r}; known: {list(DATASETS)}.")
+
+
+def split(
+    raw: Raw,
+    rng: np.random.Generator,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    max_train_examples: int = 0,
+    standardize: bool = True,
+) -> Dataset:
+    """Train / decision-validation / test splits drawn from ``rng``; z-scored features, standardised targets."""
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"val_fraction and test_fraction must be in (0, 1) and sum below 1; got {val_fraction}, {test_fraction}."
+        )
+    if len(raw.x) == 0:
+        raise ValueError(f"Dataset {raw.name!r} is empty.")
+    x, y = np.asarray(raw.x, np.float32), raw.y
+    if raw.x_test is None:
+        train_idx, val_idx, test_idx = _split_indices(len(x), (val_fraction, test_fraction), rng)
+        x_test, y_test = x[test_idx], y[test_idx]
+    else:
+        train_idx, val_idx, _ = _split_indices(len(x), (val_fraction, 0.0), rng)
+        x_test, y_test = np.asarray(raw.x_test, np.float32), raw.y_test
+    x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+    if max_train_examples and max_train_examples < len(x_train):
+        x_train, y_train = x_train[:max_train_examples], y_train[:max_train_examples]
+    if len(x_train) == 0 or len(x_val) == 0:
+        raise ValueError(f"Dataset {raw.name!r} leaves an empty training or validation split ({len(x)} examples).")
+    if standardize and raw.image_shape is None:
+        mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+        x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
+    if raw.task == "classification":
+        num_classes = check_class_labels(raw.name, y_train, y_val, y_test)
+        y_train, y_val, y_test = (np.asarray(a, np.int32) for a in (y_train, y_val, y_test))
+    else:
+        num_classes = 0
+        mean_y, std_y = float(np.mean(y_train)), float(np.std(y_train)) + 1e-6
+        y_train, y_val, y_test = (((np.asarray(a, np.float32) - mean_y) / std_y) for a in (y_train, y_val, y_test))
+    xs = (a.astype(np.float32) for a in (x_train, x_val, x_test))
+    x_train, x_val, x_test = xs
+    return Dataset(raw.name, raw.task, x_train, y_train, x_val, y_val, x_test, y_test, num_classes, raw.image_shape)
+
+
+def check_class_labels(name: str, y_train: np.ndarray, y_val: np.ndarray, y_test: np.ndarray) -> int:
+    """The number of classes, after checking the labels are whole class ids 0..C-1 that training can see.
+
+    Raises ``ValueError`` for non-finite, fractional or negative labels, ids that
+    leave gaps (e.g. a label 200 among 0-9), and classes that appear only in the
+    test split (the model could never learn them).
+    """
+    splits = {"train": np.asarray(y_train), "validation": np.asarray(y_val), "test": np.asarray(y_test)}
+    for split, y in splits.items():
+        bad = ~np.isfinite(y) | (y != np.round(y)) | (y < 0) if y.dtype.kind == "f" else (y < 0)
+        if np.any(bad):
+            raise ValueError(
+                f"Dataset {name!r}: the {split} labels must be whole class ids >= 0; found {np.unique(y[bad])[:5]}."
+            )
+    seen = np.unique(np.concatenate([splits["train"], splits["validation"]]).astype(np.int64))
+    only_test = np.setdiff1d(np.unique(splits["test"].astype(np.int64)), seen)
+    if len(only_test):
+        raise ValueError(f"Dataset {name!r}: classes {only_test[:10].tolist()} appear only in the test split.")
+    num_classes = int(seen.max()) + 1
+    missing = np.setdiff1d(np.arange(num_classes), seen)
+    if len(missing):
+        raise ValueError(
+            f"Dataset {name!r}: class ids run up to {num_classes - 1} but {missing[:10].tolist()}"
+            f"{' ...' if len(missing) > 10 else ''} never occur in training; labels must be 0..C-1."
+        )
+    return num_classes
+
+
+def corrupt(
+    dataset: Dataset,
+    rng: np.random.Generator,
+    *,
+    label_noise: float = 0.0,
+    noise_kind: str = "symmetric",
+    clean_validation: bool = True,
+    outlier_fraction: float = 0.0,
+    outlier_scale: float = 5.0,
+) -> Dataset:
+    """Label noise (classification) or target outliers (regression) in the training split, and the
+    validation split unless ``clean_validation``; the test split is never touched."""
+    d = dataclasses.replace(dataset)
+    if d.task == "classification":
+        if label_noise > 0:
+            d.y_train, d.noise_mask_train = noisy_labels(d.y_train, d.num_classes, label_noise, noise_kind, rng)
+            if not clean_validation:
+                d.y_val, _ = noisy_labels(d.y_val, d.num_classes, label_noise, noise_kind, rng)
+        return d
+    if label_noise:
+        raise ValueError("label_noise applies to classification; use outlier_fraction for regression.")
+    if outlier_fraction > 0:
+        d.y_train, d.noise_mask_train = _outliers(d.y_train, outlier_fraction, outlier_scale, rng)
+        if not clean_validation:
+            d.y_val, _ = _outliers(d.y_val, outlier_fraction, outlier_scale, rng)
+    return d
+
+
 def load(
     name: str,
     *,
@@ -231,8 +396,9 @@ def load(
     outlier_fraction: float = 0.0,
     outlier_scale: float = 5.0,
     standardize: bool = True,
+    max_load_gb: float = 4.0,
 ) -> Dataset:
-    """Loads ``name`` and splits it deterministically from ``seed``.
+    """:func:`read`, :func:`split` and :func:`corrupt`, all drawn from one generator seeded by ``seed``.
 
     Args:
       name: one of ``digits``, ``breast_cancer``, ``wine``, ``diabetes``, ``mnist``,
@@ -249,82 +415,29 @@ def load(
         ``+-scale * std(y)`` in that fraction of training examples.
       standardize: z-score features with training statistics (tabular sets);
         images are scaled to [0, 1].
+      max_load_gb: refuse files that declare more data than this (IDX headers are read first).
     """
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
             f"val_fraction and test_fraction must be in (0, 1) and sum below 1; got {val_fraction}, {test_fraction}."
         )
     rng = np.random.default_rng(seed)
-    image_shape = None
-    x_test = y_test = None
-    if name in EMBEDDED:
-        task = EMBEDDED[name]
-        x, y = _embedded(name)
-        if name == "digits":
-            x, image_shape = x / 16.0, (8, 8, 1)
-    elif name == "mnist":
-        task = "classification"
-        x, y, x_test, y_test = load_mnist_dir(data_dir)
-        if len(x) == 0:
-            raise ValueError(f"Dataset 'mnist' in {data_dir} is empty (0 training images).")
-        x, x_test = x.reshape(len(x), -1) / 255.0, x_test.reshape(len(x_test), -1) / 255.0
-        image_shape = (28, 28, 1)
-    elif name.startswith("tfds:"):
-        task = "classification"
-        x, y, x_test, y_test = _tfds(name[5:], data_dir)
-        if x.ndim == 4:
-            image_shape = tuple(x.shape[1:])
-            x = x.reshape(len(x), -1) / 255.0
-            x_test = None if x_test is None else x_test.reshape(len(x_test), -1) / 255.0
-    else:
-        raise ValueError(f"Unknown dataset {name!r}; known: {list(DATASETS)}.")
-    if len(x) == 0:
-        raise ValueError(f"Dataset {name!r} is empty.")
-    x = np.asarray(x, np.float32)
-    if x_test is None:
-        train_idx, val_idx, test_idx = _split_indices(len(x), (val_fraction, test_fraction), rng)
-        x_test, y_test = x[test_idx], y[test_idx]
-    else:
-        train_idx, val_idx, _ = _split_indices(len(x), (val_fraction, 0.0), rng)
-        x_test = np.asarray(x_test, np.float32)
-    x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
-    if max_train_examples and max_train_examples < len(x_train):
-        x_train, y_train = x_train[:max_train_examples], y_train[:max_train_examples]
-    if len(x_train) == 0 or len(x_val) == 0:
-        raise ValueError(f"Dataset {name!r} leaves an empty training or validation split ({len(x)} examples).")
-    if standardize and image_shape is None:
-        mean, std = x_train.mean(0), x_train.std(0) + 1e-6
-        x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
-    noise_mask = None
-    if task == "classification":
-        num_classes = int(max(y_train.max(), y_val.max(), y_test.max())) + 1
-        y_train, y_val, y_test = (np.asarray(a, np.int32) for a in (y_train, y_val, y_test))
-        if label_noise > 0:
-            y_train, noise_mask = noisy_labels(y_train, num_classes, label_noise, noise_kind, rng)
-            if not clean_validation:
-                y_val, _ = noisy_labels(y_val, num_classes, label_noise, noise_kind, rng)
-    else:
-        num_classes = 0
-        mean_y, std_y = float(np.mean(y_train)), float(np.std(y_train)) + 1e-6
-        y_train, y_val, y_test = (((np.asarray(a, np.float32) - mean_y) / std_y) for a in (y_train, y_val, y_test))
-        if label_noise:
-            raise ValueError("label_noise applies to classification; use outlier_fraction for regression.")
-        if outlier_fraction > 0:
-            y_train, noise_mask = _outliers(y_train, outlier_fraction, outlier_scale, rng)
-            if not clean_validation:
-                y_val, _ = _outliers(y_val, outlier_fraction, outlier_scale, rng)
-    return Dataset(
-        name,
-        task,
-        x_train.astype(np.float32),
-        y_train,
-        x_val.astype(np.float32),
-        y_val,
-        x_test.astype(np.float32),
-        y_test,
-        num_classes,
-        image_shape,
-        noise_mask,
+    dataset = split(
+        read(name, data_dir, max_load_gb * 2**30),
+        rng,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        max_train_examples=max_train_examples,
+        standardize=standardize,
+    )
+    return corrupt(
+        dataset,
+        rng,
+        label_noise=label_noise,
+        noise_kind=noise_kind,
+        clean_validation=clean_validation,
+        outlier_fraction=outlier_fraction,
+        outlier_scale=outlier_scale,
     )
 
 
@@ -344,4 +457,5 @@ def from_config(config: Any, seed: int) -> Dataset:
         outlier_fraction=c.get("outlier_fraction", 0.0),
         outlier_scale=c.get("outlier_scale", 5.0),
         standardize=c.get("standardize", True),
+        max_load_gb=c.get("max_load_gb", 4.0),
     )

@@ -328,7 +328,10 @@ class ScoreFunctionEstimator(Estimator):
         return tf.stop_gradient(super().draw(logits, k, seed, temperature))
 
     def surrogate(self, cost, logits, sample):
+        """``cost [...]``; a sample of several independent categoricals (``[..., L, N]``) adds their log-probs."""
         log_prob = categorical_log_prob(logits, sample)
+        while log_prob.shape.rank > tf.convert_to_tensor(cost).shape.rank:
+            log_prob = tf.reduce_sum(log_prob, axis=-1)
         if self.baseline_kind == "none":
             baseline = tf.zeros_like(cost)
         elif self.baseline_kind == "leave_one_out":

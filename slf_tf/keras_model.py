@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from slf_tf import distributed, rng
 from slf_tf.stochastic_loss import CombinedLoss
-from slf_tf.train_step import DecisionSettings, TrainStep
+from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
 __all__ = ["SLFModel"]
 
@@ -104,10 +104,7 @@ class SLFModel(keras.Model):
         self._validation = None
         if validation_data is not None:
             self.set_validation_data(validation_data)
-        optimizer = (
-            keras.optimizers.get(decision_optimizer) if isinstance(decision_optimizer, str) else decision_optimizer
-        )
-        self.decision_optimizer = optimizer or keras.optimizers.Adam(0.02)
+        self.decision_optimizer = decision_optimizer  # made (or re-made) under the strategy before the first step
         self._step: TrainStep | None = None
         self._update_decision = True
 
@@ -126,6 +123,7 @@ class SLFModel(keras.Model):
                 "This SLFModel has no validation_data (e.g. reloaded from a file); set_validation_data first."
             )
         if self._step is None:
+            self.decision_optimizer = optimizer_in_scope(self.decision_optimizer, self.distribute_strategy)
             self._step = TrainStep(self.network, self.loss, self.optimizer, self.decision_optimizer, self.settings)
         return self._step
 
@@ -161,12 +159,19 @@ class SLFModel(keras.Model):
         decide = self._update_decision if update_decision is None else update_decision
         result = train_step(step, x, y, x_val, y_val, sample_weight, update_decision=decide)
         self._loss_tracker.update_state(result.metrics["loss"], sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
-        return self.compute_metrics(x, y, result.predictions, sample_weight=sample_weight)
+        logs = self.compute_metrics(x, y, result.predictions, sample_weight=sample_weight)
+        logs.update(self.loss.decision_summary())  # the decision, in the progress bar, History and TensorBoard
+        if "hypergrad_norm" in result.metrics:
+            logs["slf_hypergrad_norm"] = result.metrics["hypergrad_norm"]
+        return logs
 
     def make_train_function(self, force: bool = False):
-        """With ``every > 1``: two traced train functions (with and without the decision update), as the trainer."""
+        """Builds the step (both optimizers) before any trace; with ``every > 1``, two traced train functions
+        (with and without the decision update), as the trainer has."""
         if self.train_function is not None and not force:
             return self.train_function
+        with self.distribute_strategy.scope():  # lazily built optimizers retrace, and break under MirroredStrategy
+            self._train_step_fn()
         every = self.settings.every
         if every == 1:
             return super().make_train_function(force)

@@ -27,12 +27,24 @@ import ast
 import dataclasses
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import tensorflow as tf
 
-__all__ = ["CandidateLoss", "LossBag", "Prepared", "TASKS", "get", "known", "parse", "prepare", "register"]
+__all__ = [
+    "CandidateLoss",
+    "LossBag",
+    "Prepared",
+    "TASKS",
+    "get",
+    "known",
+    "parse",
+    "prepare",
+    "register",
+    "validate_targets",
+]
 
 TASKS = ("classification", "regression", "binary")
 _EPS = 1e-7  # clip for logs of probabilities given directly (from_logits=False)
@@ -259,7 +271,9 @@ def parse(spec: str, task: str = "classification") -> tuple[str, dict[str, float
         raise ValueError(f"Cannot parse loss {spec!r}; expected 'name' or 'name(key=value, ...)'.")
     name, arg_text = m.group(1), m.group(2)
     if (task, name) not in _REGISTRY:
-        raise ValueError(f"Unknown {task} loss {name!r}; known: {known(task)}.")
+        elsewhere = [t for t in TASKS if (t, name) in _REGISTRY]
+        hint = f" {name!r} is a {' and '.join(elsewhere)} loss: pass task={elsewhere[0]!r}." if elsewhere else ""
+        raise ValueError(f"Unknown {task} loss {name!r}; known: {known(task)}.{hint}")
     allowed = _REGISTRY[(task, name)].params
     params: dict[str, float] = {}
     if arg_text and arg_text.strip():
@@ -292,8 +306,58 @@ def _static_rank(t: tf.Tensor, what: str) -> int:
     return t.shape.rank
 
 
+_WARNED_PROBABILITIES: set[str] = set()
+
+
+def _warn_if_probabilities(y_pred: Any, task: str, from_logits: bool) -> None:
+    """Warns once if ``from_logits=True`` meets an output a softmax/sigmoid produced (as Keras' losses do)."""
+    op_type = getattr(getattr(y_pred, "op", None), "type", None) if not tf.executing_eagerly() else None
+    produced = "Sigmoid" if task == "binary" else "Softmax"
+    if from_logits and (hasattr(y_pred, "_keras_logits") or op_type == produced) and task not in _WARNED_PROBABILITIES:
+        _WARNED_PROBABILITIES.add(task)
+        warnings.warn(
+            f"The candidate losses got from_logits=True, but y_pred was produced by a {produced} and so holds "
+            "probabilities, not logits. Remove the model's final activation, or pass from_logits=False.",
+            stacklevel=4,
+        )
+
+
+def _assert(ok: tf.Tensor, message: str, *data: tf.Tensor) -> tf.Operation:
+    """A run-time check (ignored under XLA, which drops Assert ops) that raises ``message`` with ``data``."""
+    return tf.debugging.Assert(ok, [message, *data], summarize=8)
+
+
+def validate_targets(y_true: tf.Tensor, task: str, num_classes: Any = None, one_hot: bool = False) -> tf.Tensor:
+    """``y_true`` with a run-time check that the labels can be what the task says.
+
+    Classification: integer class ids in ``[0, num_classes)`` (finite, whole), or
+    one-hot/soft rows that are non-negative and sum to 1. Binary: targets in [0, 1].
+    Regression: finite targets. A bad batch raises ``InvalidArgumentError`` naming
+    the rule and the offending range, instead of training on a silently wrong loss.
+    """
+    y = tf.cast(y_true, tf.float32)
+    finite = tf.reduce_all(tf.math.is_finite(y))
+    if task == "classification" and one_hot:
+        sums = tf.reduce_sum(y, axis=-1)
+        ok = finite & tf.reduce_all(y >= 0) & tf.reduce_all(tf.abs(sums - 1.0) <= 1e-3)
+        check = _assert(ok, "One-hot/soft labels must be non-negative rows summing to 1; got min value, row sums:",
+                        tf.reduce_min(y), sums)  # fmt: skip
+    elif task == "classification":
+        c = tf.cast(num_classes, tf.float32)
+        ok = finite & tf.reduce_all(tf.equal(y, tf.round(y))) & tf.reduce_all(y >= 0) & tf.reduce_all(y < c)
+        check = _assert(ok, "Labels must be whole class ids in [0, num_classes); got num_classes, labels:", c, y)
+    elif task == "binary":
+        ok = finite & tf.reduce_all(y >= 0) & tf.reduce_all(y <= 1)
+        check = _assert(ok, "Binary targets must lie in [0, 1]; got:", y)
+    else:
+        check = _assert(finite, "Regression targets must be finite; got:", y)
+    with tf.control_dependencies([check]):
+        return tf.identity(y_true)
+
+
 def prepare(y_true: Any, y_pred: Any, task: str, from_logits: bool) -> Prepared:
-    """Validates shapes and dtypes and computes what the task's candidates share."""
+    """Validates shapes, dtypes and label values and computes what the task's candidates share."""
+    _warn_if_probabilities(y_pred, task, from_logits)
     y_pred = tf.convert_to_tensor(y_pred)
     y_true = tf.convert_to_tensor(y_true)
     if not y_pred.dtype.is_floating:
@@ -308,10 +372,10 @@ def prepare(y_true: Any, y_pred: Any, task: str, from_logits: bool) -> Prepared:
             raise ValueError(f"classification y_pred must be [batch, classes]; got shape {y_pred.shape}.")
         num_classes = y_pred.shape[-1]
         if rt == 2 and y_true.shape[-1] == num_classes and num_classes != 1:
-            y = tf.cast(y_true, dtype)  # one-hot (or soft) labels
+            y = tf.cast(validate_targets(y_true, task, one_hot=True), dtype)  # one-hot (or soft) labels
         elif rt == 1 or (rt == 2 and y_true.shape[-1] == 1):
-            labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-            y = tf.one_hot(labels, tf.shape(y_pred)[-1], dtype=dtype)
+            labels = validate_targets(tf.reshape(y_true, [-1]), task, tf.shape(y_pred)[-1])
+            y = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(y_pred)[-1], dtype=dtype)
         else:
             raise ValueError(
                 f"classification y_true must be integer labels [batch] or [batch, 1], or one-hot "
@@ -327,7 +391,7 @@ def prepare(y_true: Any, y_pred: Any, task: str, from_logits: bool) -> Prepared:
             y_pred = y_pred[:, None]
         if rt == 1:
             y_true = y_true[:, None]
-        y = tf.cast(y_true, dtype)
+        y = tf.cast(validate_targets(y_true, task), dtype)
         if y.shape[-1] is not None and y_pred.shape[-1] is not None and y.shape[-1] != y_pred.shape[-1]:
             raise ValueError(f"regression y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}.")
         return Prepared(y, y_pred, None, None, None)
@@ -340,7 +404,7 @@ def prepare(y_true: Any, y_pred: Any, task: str, from_logits: bool) -> Prepared:
         raise ValueError(
             f"binary y_pred and y_true must be [batch] or [batch, 1]; got {y_pred.shape} and {y_true.shape}."
         )
-    y = tf.cast(y_true, dtype)
+    y = tf.cast(validate_targets(y_true, task), dtype)
     if from_logits:
         return Prepared(y, y_pred, tf.math.log_sigmoid(y_pred), tf.sigmoid(y_pred), tf.math.log_sigmoid(-y_pred))
     p = tf.clip_by_value(y_pred, _EPS, 1.0 - _EPS)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
 import tensorflow as tf
 
-__all__ = ["HEADLINE", "task_sums"]
+__all__ = ["HEADLINE", "objective_metric", "task_sums"]
 
 #: The metric a run is judged by, per task (higher is better for accuracy, lower for mae).
 HEADLINE = {"classification": "accuracy", "binary": "accuracy", "regression": "mae"}
@@ -36,3 +37,13 @@ def task_sums(task: str, y: Any, pred: tf.Tensor) -> dict[str, tf.Tensor]:
         }
     err = tf.cast(tf.reshape(pred, [-1]), tf.float32) - tf.cast(tf.reshape(y, [-1]), tf.float32)
     return {"mae": tf.reduce_sum(tf.abs(err)), "mse": tf.reduce_sum(tf.square(err))}
+
+
+def objective_metric(loss: Any) -> keras.metrics.Metric:
+    """A Keras metric of a combined loss's noise-free validation objective (cross-entropy, MSE or BCE by task).
+
+    Unlike the loss itself, its value does not depend on the decision network, so
+    ``EarlyStopping``/``ModelCheckpoint`` can monitor ``val_<name>`` comparably
+    across strategies; the name is the objective's candidate name (``cross_entropy``).
+    """
+    return keras.metrics.MeanMetricWrapper(loss.validation_loss, name=loss.validation_loss_spec)

@@ -26,6 +26,7 @@ the step's bookkeeping. Strategies (docs/design.md, "Baselines"), all made by
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,7 @@ from slf_tf.losses import get as get_candidate
 
 __all__ = [
     "CombinedLoss",
+    "safe_sample_weight",
     "FixedLoss",
     "RandomLoss",
     "SoftAdaptLoss",
@@ -66,6 +68,36 @@ def _state(init: Any, dtype: str = "float32", name: str | None = None) -> keras.
         aggregation="only_first_replica",
         name=name,
     )
+
+
+def safe_sample_weight(sample_weight: Any, y_pred: Any) -> tf.Tensor:
+    """One weight per example, ``[batch]``, with non-finite weights set to 0.
+
+    A NaN or infinite weight would otherwise turn the whole batch's loss, and then
+    the weights, non-finite; here it only drops its example. A weight of the wrong
+    shape is a clear error instead of a shape error deep in a graph.
+    """
+    w = tf.convert_to_tensor(sample_weight)
+    batch = tf.shape(y_pred)[0]
+    rank_ok = w.shape.rank == 1 or (w.shape.rank == 2 and w.shape[-1] == 1)
+    static_batch, given = tf.TensorShape(y_pred.shape)[:1], w.shape[:1]
+    if not rank_ok or (given[0] is not None and static_batch[0] is not None and given[0] != static_batch[0]):
+        raise ValueError(
+            f"sample_weight must hold one weight per example, shape [batch] or [batch, 1] with batch "
+            f"{static_batch[0]}; got shape {w.shape}."
+        )
+    w = tf.reshape(w, [-1])
+    check = tf.debugging.Assert(
+        tf.equal(tf.shape(w)[0], batch),
+        [
+            "sample_weight must hold one weight per example; got, for a batch of",
+            batch,
+            "weights:",
+            tf.shape(w)[0],
+        ],  # fmt: skip
+    )
+    with tf.control_dependencies([check]):
+        return tf.where(tf.math.is_finite(w), w, tf.zeros_like(w))
 
 
 class CombinedLoss(keras.losses.Loss):
@@ -161,6 +193,25 @@ class CombinedLoss(keras.losses.Loss):
     loss_scale = property(lambda self: self._part(self.running, 0), doc="Running mean of |L_i|.")
     running_log_losses = property(lambda self: self._part(self.running, 1), doc="Running mean of log L_i.")
     running_val_loss = property(lambda self: tf.convert_to_tensor(self.running)[-2], doc="Running validation loss.")
+
+    @property
+    def tags(self) -> list[str]:
+        """TensorBoard- and log-safe candidate names: ``focal(gamma=2.0)`` -> ``focal_gamma_2.0``."""
+        return [re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.]", "_", name)).strip("_") for name in self.names]
+
+    def decision_summary(self) -> dict[str, tf.Tensor]:
+        """What the decision network chooses now, as scalars for Keras logs (names sort by quantity):
+        ``slf_p_<candidate>`` (P(selected)), ``slf_w_<candidate>`` (the weight softmax(beta)), ``slf_temperature``."""
+        probabilities, weights = self.selection_probabilities(), self.current_weights()
+        out = {f"slf_p_{t}": probabilities[i] for i, t in enumerate(self.tags)}
+        out.update({f"slf_w_{t}": weights[i] for i, t in enumerate(self.tags)})
+        if hasattr(self, "temperature"):
+            out["slf_temperature"] = self.temperature()
+        return out
+
+    def current_weights(self) -> tf.Tensor:
+        """The weights ``b [N]`` the decision network gives now (a strategy's own coefficients if it has no b)."""
+        return self.expected_coefficients()
 
     @property
     def decision_variables(self) -> list:
@@ -292,6 +343,8 @@ class CombinedLoss(keras.losses.Loss):
         dtype = y_true.dtype if hasattr(y_true, "dtype") else np.asarray(y_true).dtype
         if not (tf.as_dtype(dtype).is_floating or tf.as_dtype(dtype).is_integer or tf.as_dtype(dtype).is_bool):
             raise ValueError(f"y_true must be numeric (integer labels, one-hot or targets); got dtype {dtype}.")
+        if sample_weight is not None:
+            sample_weight = safe_sample_weight(sample_weight, y_pred)
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
@@ -318,7 +371,29 @@ class CombinedLoss(keras.losses.Loss):
             ema_decay=self.ema_decay,
             total_steps=self.total_steps,
         )
+        # The learned state travels with the config, so a .keras model reloads its loss where it was
+        # (the step, and with it the temperature schedule; the decision network; the running statistics).
+        config["state"] = [np.asarray(v).tolist() for v in self.state_variables + self.decision_variables]
         return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> CombinedLoss:
+        config = dict(config)
+        state = config.pop("state", None)
+        if "decision" in config:  # saved before decision -> decision_network
+            config["decision_network"] = config.pop("decision")
+        loss = cls(**config)
+        if state is not None:
+            loss.load_state(state)
+        return loss
+
+    def load_state(self, state: list) -> None:
+        """Assigns values saved by :meth:`get_config` (``state_variables`` then ``decision_variables``)."""
+        variables = self.state_variables + self.decision_variables
+        if len(state) != len(variables):
+            raise ValueError(f"Saved loss state has {len(state)} values; this loss has {len(variables)} variables.")
+        for variable, value in zip(variables, state, strict=True):
+            variable.assign(np.asarray(value, dtype=np.dtype(variable.dtype)).reshape(variable.shape))
 
 
 @keras.saving.register_keras_serializable(package="slf_tf")
@@ -411,6 +486,9 @@ class StochasticLoss(CombinedLoss):
     def selection_probabilities(self):
         return gumbel.inclusion_probabilities(self.logits()[0], self.k)
 
+    def current_weights(self):
+        return tf.nn.softmax(self.logits()[1])
+
     def selection_distribution(self) -> tfd.Distribution:
         """The TFP distribution each of this step's K draws follows (``[N]`` events).
 
@@ -438,13 +516,6 @@ class StochasticLoss(CombinedLoss):
             alpha = tf.broadcast_to(self.logits()[0], tf.shape(choice.draws))
             objective += tf.reduce_sum(self.selector.surrogate(costs, alpha, choice.draws))
         return objective
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if "decision" in config:  # saved before decision -> decision_network
-            config["decision_network"] = config.pop("decision")
-        return cls(**config)
 
     def get_config(self):
         config = super().get_config()

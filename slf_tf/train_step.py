@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from slf_tf import distributed, hypergrad, metrics, rng
-from slf_tf.stochastic_loss import CombinedLoss
+from slf_tf.stochastic_loss import CombinedLoss, safe_sample_weight
 
 __all__ = [
     "DecisionSettings",
@@ -29,6 +29,7 @@ __all__ = [
     "TrainStep",
     "coefficient_gradient",
     "guarded_apply",
+    "optimizer_in_scope",
     "make_forward",
     "make_validation",
 ]
@@ -104,8 +105,8 @@ def make_forward(
             weights, non_trainable, x, training=True, return_losses=True
         )
         per_example, finite = loss.candidate_losses(y, pred)
-        if sample_weight is not None:
-            per_example *= tf.reshape(tf.cast(sample_weight, per_example.dtype), [-1, 1])
+        if sample_weight is not None:  # non-finite weights drop their example (safe_sample_weight)
+            per_example *= tf.cast(safe_sample_weight(sample_weight, pred), per_example.dtype)[:, None]
         objective, c = loss.combine(per_example, finite, coefficients, fallback)
         n = tf.cast(global_batch, per_example.dtype)
         objective = tf.reduce_sum(objective) / n
@@ -127,6 +128,23 @@ def make_validation(model: keras.Model, loss: CombinedLoss, x_val: Any, y_val: A
         return tf.reduce_sum(per_example) / tf.cast(global_batch, per_example.dtype)
 
     return validation
+
+
+def optimizer_in_scope(optimizer: Any, strategy: tf.distribute.Strategy, default: float = 0.02):
+    """``optimizer`` (an instance, a name, or None for Adam(``default``)) with its variables under ``strategy``.
+
+    An optimizer made outside the strategy's scope has plain, unmirrored variables
+    that every replica would update in turn; an unbuilt one is recreated from its
+    config inside the scope (a built one is returned as it is).
+    """
+    with strategy.scope():
+        if optimizer is None:
+            return keras.optimizers.Adam(default)
+        if isinstance(optimizer, str):
+            return keras.optimizers.get(optimizer)
+        if strategy.num_replicas_in_sync > 1 and not optimizer.built:
+            return type(optimizer).from_config(optimizer.get_config())
+        return optimizer
 
 
 def coefficient_gradient(

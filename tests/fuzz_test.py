@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import slf_tf
 from configs import test as test_config
-from slf_tf.training import factories
+from slf_tf.training import config_checks, factories
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAMES = slf_tf.losses.known("classification")
@@ -154,4 +154,4 @@ def test_bad_config_fields_raise_value_error(field, data):
         return  # a valid name, not a bad input
     node[leaf] = value
     with pytest.raises(ValueError):
-        factories.validate_config(config)
+        config_checks.validate_config(config)

@@ -49,21 +49,28 @@ def test_run_writes_metrics_events_checkpoints_and_exports(finished_run):
         assert np.all(np.isfinite(w.numpy()))
 
 
-def test_event_files_hold_slf_tags(finished_run):
-    _, _, workdir = finished_run
-    acc = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"), size_guidance={"tensors": 0})
+def _tags(directory):
+    acc = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
     acc.Reload()
-    tags = acc.Tags()
-    scalars = set(tags["tensors"])
+    return acc, set(acc.Tags()["tensors"])
+
+
+def test_event_files_hold_slf_tags_with_one_run_per_candidate(finished_run):
+    _, _, workdir = finished_run
+    root = os.path.join(workdir, "tensorboard")
+    assert sorted(os.listdir(os.path.join(root, "candidates"))) == ["cross_entropy", "focal_gamma_2.0", "mae"]
     for candidate in ("cross_entropy", "focal_gamma_2.0", "mae"):
+        acc, tags = _tags(os.path.join(root, "candidates", candidate))
         for quantity in ("loss", "selection_probability", "selection_frequency", "weight", "coefficient", "score"):
-            assert f"slf/{quantity}/{candidate}" in scalars, (quantity, candidate)
+            assert f"slf/{quantity}" in tags, (quantity, candidate)
+        values = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("slf/selection_probability")]
+        assert len(values) == 4 and all(0 <= v <= 1 for v in values)
+    _, scalars = _tags(root)
     for tag in ("slf/temperature", "slf/hypergrad_norm", "slf/masked_count", "train/loss", "eval/val_accuracy"):
         assert tag in scalars, tag
+    assert not any(t.startswith("slf/selection_probability") for t in scalars)  # those live in the runs
     assert "slf/alpha" in scalars  # histogram (stored as a tensor summary in TF2)
     assert "slf/selection_heatmap" in scalars  # image summary
-    values = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("slf/selection_probability/mae")]
-    assert len(values) == 4 and all(0 <= v <= 1 for v in values)
 
 
 def test_steps_trace_once(finished_run):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -10,14 +11,23 @@ from ml_collections import config_flags
 import configs
 
 
-def define_flags(default_config: str):
-    """``--config`` (an ml_collections file, default one shipped in ``configs/``) and ``--workdir``."""
+def define_flags(
+    default_config: str, workdir_help: str = "Where checkpoints, metrics and exports go (resumes if present)."
+):
+    """``--config`` (an ml_collections file, default one shipped in ``configs/``) and a required ``--workdir``."""
     config = config_flags.DEFINE_config_file(
         "config", os.path.join(os.path.dirname(configs.__file__), default_config), "ml_collections config file."
     )
-    workdir = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and exports go (resumes if present).")
+    workdir = flags.DEFINE_string("workdir", None, workdir_help)
     flags.mark_flags_as_required(["workdir"])
     return config, workdir
+
+
+_NEW_RUN = flags.DEFINE_bool(
+    "new_run",
+    False,
+    "If the workdir holds a run with a different config, move it into <workdir>/previous_runs/ and start afresh.",
+)
 
 
 def train(task: str, config, workdir: str) -> None:
@@ -29,4 +39,8 @@ def train(task: str, config, workdir: str) -> None:
     if dataset_task != task:
         raise app.UsageError(f"This trainer trains {task}; dataset {config.data.name!r} is {dataset_task}.")
     trainer.quiet_library_logs()
-    trainer.train_and_evaluate(config, workdir)
+    try:
+        trainer.train_and_evaluate(config, workdir, new_run=_NEW_RUN.value)
+    except ValueError as e:  # a bad config, input or workdir: the message says what to do, no traceback
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)

@@ -6,14 +6,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app  # noqa: E402
 
-import configs  # noqa: E402
+from trainers import common  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", os.path.join(os.path.dirname(configs.__file__), "k_sweep.py"))
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the figure, table and JSON go.")
-flags.mark_flags_as_required(["workdir"])
+_CONFIG, _WORKDIR = common.define_flags("k_sweep.py", "Where the figure, table and JSON go.")
 
 
 def main(argv):

@@ -1,1 +1,1 @@
-"""The seed experiments (DESIGN 5): each a ``run(config, workdir)`` driven by a thin absl trainer."""
+"""The seed experiments (docs/experiments.md): each a ``run(config, workdir)`` driven by a thin absl trainer."""

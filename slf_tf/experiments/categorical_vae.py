@@ -23,7 +23,7 @@ import tensorflow as tf
 from absl import logging
 
 from slf_tf import data as data_lib
-from slf_tf import estimators, gumbel, rng
+from slf_tf import estimators, gumbel, rng, schedules
 from slf_tf.experiments import common
 
 ESTIMATORS = ("gumbel_softmax", "straight_through", "score_function", "ils")
@@ -133,17 +133,25 @@ def run(config, workdir: str) -> dict[str, Any]:
     return results
 
 
+def _estimator(config, name: str) -> estimators.Estimator:
+    """The toolkit estimator of each VAE run, from the registry."""
+    if name == "ils":  # the loss is a batch mean: loss_scale makes each draw step on its own loss
+        loss_scale = config.batch_size if config.ils_per_example else 1.0
+        return estimators.get("ils", step_size=config.ils_step_size, variant=config.ils_variant, loss_scale=loss_scale)
+    if name == "score_function":
+        return estimators.get("score_function", baseline="moving_average", decay=0.99)
+    return estimators.get(name)
+
+
 def _train_one(config, name: str, x_train: np.ndarray, x_test: np.ndarray, writer):
     keras.utils.set_random_seed(config.seed)
     vae = _VAE(config, x_train.shape[1])
     opt = keras.optimizers.Adam(config.learning_rate)
     opt.build(vae.variables)
-    baseline = tf.Variable(0.0, trainable=False)
     x_all = tf.constant(x_train)
     n, b = len(x_train), config.batch_size
-
-    def tau(t):
-        return tf.maximum(config.tau_minimum, tf.exp(-config.tau_rate * tf.cast(t, tf.float32)))
+    tau = schedules.ExponentialAnneal(1.0, config.tau_rate, config.tau_minimum)  # max(tau_min, exp(-r t))
+    estimator = _estimator(config, name)
 
     @tf.function
     def step(t):
@@ -152,29 +160,11 @@ def _train_one(config, name: str, x_train: np.ndarray, x_test: np.ndarray, write
         x = _binarise(tf.gather(x_all, idx), seeds[1])
         with tf.GradientTape() as tape:
             logits = vae.logits(x)
-            if name == "gumbel_softmax":
-                z = gumbel.gumbel_softmax(logits, tau(t), seed=seeds[2])
-            elif name == "straight_through":
-                z = gumbel.gumbel_softmax(logits, tau(t), hard=True, seed=seeds[2])
-            elif name == "ils":
-                z = estimators.ils_sample(
-                    logits,
-                    config.ils_step_size,
-                    seed=seeds[2],
-                    variant=config.ils_variant,
-                    loss_scale=b if config.ils_per_example else 1.0,  # the loss below is a batch mean
-                )
-            else:
-                z = tf.stop_gradient(gumbel.gumbel_max(logits, seed=seeds[2]))
+            z = estimator.sample(logits, seed=seeds[2], temperature=tau(t))
             recon, kl = vae.terms(x, z, logits)
-            cost = -recon
-            if name == "score_function":
-                log_q = tf.reduce_sum(estimators.categorical_log_prob(logits, z), axis=-1)
-                cost = estimators.score_function_surrogate(cost, log_q, tf.convert_to_tensor(baseline))
+            cost = estimator.surrogate(-recon, logits, z)  # -recon, with the estimator's gradient
             loss = tf.reduce_mean(cost + kl)
         opt.apply_gradients(zip(tape.gradient(loss, vae.variables), vae.variables, strict=True))
-        if name == "score_function":
-            baseline.assign(0.99 * baseline + 0.01 * tf.reduce_mean(-recon))
         return tf.reduce_mean(kl - recon)
 
     @tf.function
@@ -202,22 +192,19 @@ def _train_one(config, name: str, x_train: np.ndarray, x_test: np.ndarray, write
                 t + 1,
                 {"test/neg_elbo": curve[-1][1], "train/neg_elbo": train_neg_elbo, "train/tau": tau(t)},
             )
-            logging.info(
-                "%s step %d/%d: test -ELBO %.2f, %.1f steps/s, ETA %.0f s",
-                name,
-                t + 1,
-                config.steps,
-                curve[-1][1],
-                (t + 1) / elapsed,
-                elapsed / (t + 1) * (config.steps - t - 1),
-            )
+            rate = (t + 1) / elapsed
+            logging.info("%s step %d/%d: test -ELBO %.2f, %.1f steps/s", name, t + 1, config.steps, curve[-1][1], rate)
+    iw_bound = _test_bound(config, vae, x_test)
+    common.write_scalars(writer, config.steps, {"test/iw_bound": iw_bound})
+    return curve[-1][1], iw_bound, curve
+
+
+def _test_bound(config, vae: _VAE, x_test: np.ndarray) -> float:
+    """The m-sample importance-weighted bound on -log p(x), averaged over the test set."""
     seed = tf.constant([config.seed + 13, 0])
     bound = tf.function(lambda x: tf.reduce_sum(importance_weighted_bound(vae, x, config.eval_iw_samples, seed)))
     x_binary = _binarise(tf.constant(x_test), tf.constant([config.seed + 7, 0]))
-    total = sum(float(bound(x_binary[i : i + 100])) for i in range(0, len(x_test), 100))
-    iw_bound = total / len(x_test)
-    common.write_scalars(writer, config.steps, {"test/iw_bound": iw_bound})
-    return curve[-1][1], iw_bound, curve
+    return sum(float(bound(x_binary[i : i + 100])) for i in range(0, len(x_test), 100)) / len(x_test)
 
 
 def _plot(path, curves):

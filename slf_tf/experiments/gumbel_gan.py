@@ -40,12 +40,8 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     return 0.5 * float(np.abs(np.asarray(p) - np.asarray(q)).sum())
 
 
-def run(config, workdir: str) -> dict[str, Any]:
-    """Trains the GAN; writes the figure (distributions over training, TV curve) and JSON."""
-    target = np.asarray(config.target, np.float64)
-    if target.ndim != 1 or np.any(target < 0) or not np.isclose(target.sum(), 1.0):
-        raise ValueError(f"target must be a probability vector; got {config.target!r}.")
-    common.prepare(workdir, config)
+def _build(config, target: np.ndarray):
+    """The two networks, their optimizers and the traced training step; returns ``(step, distribution, tau)``."""
     n = len(target)
     keras.utils.set_random_seed(config.seed)
     gen = _mlp(config.noise_dim, config.hidden, n, "generator")
@@ -93,6 +89,16 @@ def run(config, workdir: str) -> dict[str, Any]:
     def generator_distribution() -> np.ndarray:
         return tf.reduce_mean(tf.nn.softmax(gen(eval_z, training=False)), axis=0).numpy()
 
+    return step, generator_distribution, tau
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+    """Trains the GAN; writes the figure (distributions over training, TV curve) and JSON."""
+    target = np.asarray(config.target, np.float64)
+    if target.ndim != 1 or np.any(target < 0) or not np.isclose(target.sum(), 1.0):
+        raise ValueError(f"target must be a probability vector; got {config.target!r}.")
+    common.prepare(workdir, config)
+    step, generator_distribution, tau = _build(config, target)
     history_steps, history_tv, snapshots = [], [], []
     writer = common.summary_writer(workdir)
     losses = None

@@ -90,12 +90,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     ]
     table = "\n".join(rows)
     common.write_table(workdir, "ils_toy", table)
-    for i, label in enumerate(labels):  # one TensorBoard run per setting, so the curves overlay
-        writer = common.summary_writer(workdir, re.sub(r"[^\w.=-]+", "_", label))
-        for j, step in enumerate(steps):
-            if np.isfinite(history[j, i]):
-                common.write_scalars(writer, step, {"true_kl": history[j, i]})
-        writer.close()
+    _write_curves(workdir, steps, history, labels)
     result = {
         "initial_kl": dict(zip(labels, kl0, strict=True)),
         "final_kl": final,
@@ -107,6 +102,16 @@ def run(config, workdir: str) -> dict[str, Any]:
     common.write_json(workdir, "results.json", result)
     print(table)
     return result
+
+
+def _write_curves(workdir: str, steps: list[int], history: np.ndarray, labels: list[str]) -> None:
+    """One TensorBoard run per setting, so that the curves overlay."""
+    for i, label in enumerate(labels):
+        writer = common.summary_writer(workdir, re.sub(r"[^\w.=-]+", "_", label))
+        for j, step in enumerate(steps):
+            if np.isfinite(history[j, i]):
+                common.write_scalars(writer, step, {"true_kl": history[j, i]})
+        writer.close()
 
 
 def _plot(path, steps, history, labels):

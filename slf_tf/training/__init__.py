@@ -1,6 +1,7 @@
 """The custom-loop trainer: steps, strategies, checkpoints, TensorBoard, export."""
 
-from slf_tf.training.factories import create_distribution_strategy, create_optimizer, validate_config
+from slf_tf.training.config_checks import validate_config
+from slf_tf.training.factories import create_distribution_strategy, create_optimizer
 from slf_tf.training.trainer import Trainer, format_report, train_and_evaluate
 
 __all__ = [

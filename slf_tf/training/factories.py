@@ -9,10 +9,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from slf_tf import data as data_lib
-from slf_tf import decision as decision_lib
-from slf_tf import losses, models, schedules, selection
-from slf_tf.stochastic_loss import STRATEGIES, CombinedLoss, create_loss
+from slf_tf import schedules
+from slf_tf.stochastic_loss import CombinedLoss, create_loss
 from slf_tf.train_step import DecisionSettings
 
 __all__ = [
@@ -24,7 +22,6 @@ __all__ = [
     "create_optimizer",
     "decision_settings",
     "temperature_schedule",
-    "validate_config",
 ]
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
@@ -68,7 +65,16 @@ def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
         if devices not in _MIRRORED:
             _MIRRORED[devices] = tf.distribute.MirroredStrategy(devices=list(devices))
         return _MIRRORED[devices]
-    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    raw = os.environ.get("TF_CONFIG", "") or "{}"
+    try:
+        tf_config = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"TF_CONFIG is not JSON ({e}); it was {raw[:200]!r}.") from None
+    if not isinstance(tf_config, dict) or "cluster" not in tf_config or "task" not in tf_config:
+        raise ValueError(
+            'distribution=multi_worker needs TF_CONFIG = {"cluster": {"worker": ["host:port", ...]}, '
+            f'"task": {{"type": "worker", "index": i}}}}; got {raw[:200]!r}.'
+        )
     if "ps" in tf_config.get("cluster", {}):
         raise ValueError("TF_CONFIG describes parameter servers ('ps'); parameter-server training is not supported.")
     return tf.distribute.MultiWorkerMirroredStrategy()
@@ -133,67 +139,3 @@ def best_metric(config, task: str) -> str:
     if name and name not in available:
         raise ValueError(f"config.best_metric={name!r} is not available for {task}; use one of {list(available)}.")
     return name
-
-
-# Fields that were renamed: the old name in a config gets an error naming the new one.
-RENAMED = {
-    "strategy": "distribution (the tf.distribute strategy; loss.strategy is the kind of loss)",
-    "slf": "decision (decision_every -> decision.every; the other fields keep their names)",
-    "loss.decision": "decision.network",
-    "loss.hidden_units": "decision.hidden_units",
-    "debug_kill_at_step": "nothing: it was a test hook and is gone",
-}
-
-
-def _check_renamed(config) -> None:
-    for old, new in RENAMED.items():
-        node = config
-        *parents, leaf = old.split(".")
-        for p in parents:
-            node = node.get(p, {}) if hasattr(node, "get") else {}
-        if hasattr(node, "get") and leaf in node:
-            raise ValueError(f"config.{old} was renamed: use config.{new}.")
-
-
-def _positive_int(config, key: str, prefix: str = "") -> None:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"config.{prefix}{key} must be an integer >= 1; got {value!r}.")
-
-
-def validate_config(config) -> None:
-    """Checks every name and number a run needs, before any data, model or file is touched."""
-    _check_renamed(config)
-    for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
-        _positive_int(config, key)
-    if config.distribution not in DISTRIBUTION_STRATEGIES:
-        create_distribution_strategy(config.distribution)  # raises with the allowed names
-    name = config.data.name
-    if name not in data_lib.EMBEDDED and name != "mnist" and not name.startswith("tfds:"):
-        raise ValueError(f"Unknown dataset {name!r}; known: {list(data_lib.DATASETS)}.")
-    if config.model.name not in models.MODELS:
-        raise ValueError(f"Unknown model {config.model.name!r}; known: {list(models.MODELS)}.")
-    if config.optimizer.name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {config.optimizer.name!r}; known: {list(OPTIMIZERS)}.")
-    if config.decision.optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown decision optimizer {config.decision.optimizer!r}; known: {list(OPTIMIZERS)}.")
-    if config.loss.strategy not in STRATEGIES:
-        raise ValueError(f"Unknown loss strategy {config.loss.strategy!r}; known: {sorted(STRATEGIES)}.")
-    task = data_lib.EMBEDDED.get(name, "classification")
-    losses.LossBag(list(config.loss.candidates), task=task)  # names, parameters, duplicates
-    selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
-    if config.decision.network not in decision_lib.KINDS:
-        raise ValueError(f"Unknown decision network {config.decision.network!r}; known: {list(decision_lib.KINDS)}.")
-    temperature_schedule(config)
-    decision_settings(config)  # every, lookahead_lr, virtual_step, method, entropy_weight, fd_epsilon
-    _positive_int(config.decision, "val_batch_size", "decision.")
-    if config.get("mixed_precision", "") not in ("", "float32", "mixed_bfloat16", "mixed_float16"):
-        raise ValueError(
-            f"Unknown mixed_precision {config.mixed_precision!r}; known: ['', 'mixed_bfloat16', 'mixed_float16']."
-        )
-    if config.best_metric not in BEST_METRICS:
-        raise ValueError(f"Unknown best_metric {config.best_metric!r}; known: {list(BEST_METRICS)}.")
-    best_metric(config, task)
-    patience = config.early_stopping_patience
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-        raise ValueError(f"config.early_stopping_patience must be an integer >= 0 (0: off); got {patience!r}.")

@@ -12,9 +12,9 @@ every ``checkpoint_every_steps``; a checkpoint and a clean exit on SIGTERM.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
-import re
 import signal
 import threading
 import time
@@ -31,14 +31,10 @@ from slf_tf import metrics as metrics_lib
 from slf_tf import models
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import TrainStep
-from slf_tf.training import checkpointing, factories, input_pipeline, summaries
+from slf_tf.training import checkpointing, config_checks, factories, input_pipeline, summaries
+from slf_tf.training import workdir as workdir_lib
 
 __all__ = ["Trainer", "format_report", "quiet_library_logs", "train_and_evaluate"]
-
-
-def _tag(name: str) -> str:
-    """A TensorBoard-safe tag for a candidate spec: ``focal(gamma=2.0)`` -> ``focal_gamma_2.0``."""
-    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.]", "_", name)).strip("_")
 
 
 def _flatten(config, prefix: str = "") -> dict[str, Any]:
@@ -49,15 +45,19 @@ def _flatten(config, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _prepare_workdir(workdir: str) -> None:
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"Cannot write to workdir {workdir!r}: {e.strerror or e}.") from None
+def _warn_degenerate_sizes(data: data_lib.Dataset, config) -> None:
+    """Warns about data sizes that make a run meaningless without making it fail."""
+    n, b = len(data.x_train), config.batch_size
+    if n < 10:
+        logging.warning("Only %d training example(s): the run can memorise them and little else.", n)
+    if b > n:
+        logging.warning("batch_size=%d is %.0fx the %d training examples: every batch repeats examples.", b, b / n, n)
+    if config.decision.val_batch_size > len(data.x_val):
+        logging.warning(
+            "decision.val_batch_size=%d exceeds the %d validation examples: each validation batch repeats them.",
+            config.decision.val_batch_size,
+            len(data.x_val),
+        )
 
 
 def _is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -104,10 +104,12 @@ class Trainer:
       workdir: checkpoints, metrics, TensorBoard and exports go here; a rerun resumes.
       dataset: a ready :class:`slf_tf.data.Dataset` instead of ``config.data``
         (e.g. benchmarks with synthetic inputs).
+      new_run: if the workdir holds a run with another config, move it into
+        ``previous_runs/`` and start afresh (else that refuses; see :mod:`.workdir`).
     """
 
-    def __init__(self, config, workdir: str, dataset: data_lib.Dataset | None = None):
-        factories.validate_config(config)
+    def __init__(self, config, workdir: str, dataset: data_lib.Dataset | None = None, new_run: bool = False):
+        config_checks.validate_config(config)
         self.config, self.workdir = config, workdir
         if config.get("deterministic", False):
             tf.config.experimental.enable_op_determinism()
@@ -116,7 +118,8 @@ class Trainer:
         # Loaded before the workdir is touched, so a missing dataset fails fast and writes nothing.
         self.data = dataset if dataset is not None else data_lib.from_config(config.data, seed=config.seed)
         self.best_metric = factories.best_metric(config, self.data.task)
-        _prepare_workdir(workdir)
+        _warn_degenerate_sizes(self.data, config)
+        self._claim_workdir(new_run)
         self.replicas = self.strategy.num_replicas_in_sync
         for name, b in (("batch_size", config.batch_size), ("decision.val_batch_size", config.decision.val_batch_size)):
             if b % self.replicas:
@@ -124,6 +127,22 @@ class Trainer:
         self._build()
 
     # ---------------------------------------------------------------- build --
+
+    def _claim_workdir(self, new_run: bool) -> None:
+        """Prepares and locks the workdir (a worker's own scratch folder), and checks the run's identity."""
+        self.files = workdir_lib.Workdir(self.workdir)
+        self.files.prepare()
+        scratch = self.files if self.is_chief else workdir_lib.Workdir(self._scratch_dir())
+        scratch.prepare()
+        scratch.lock()
+        self._lock = scratch
+        atexit.register(scratch.unlock)
+        if self.is_chief:
+            has_checkpoints = bool(checkpointing.list_checkpoints(self.files.join("checkpoints")))
+            self.files.check_identity(self.config, has_checkpoints, new_run)
+
+    def _scratch_dir(self) -> str:
+        return os.path.join(self.workdir, f".worker_{self.strategy.cluster_resolver.task_id}")
 
     def _build(self) -> None:
         c, d = self.config, self.data
@@ -156,9 +175,8 @@ class Trainer:
             "decision": {f"v{i}": v for i, v in enumerate(self.loss.decision_variables)},
             "epoch_start": self.epoch_start,
         }
-        ckpt_dir = os.path.join(self.workdir, "checkpoints")
-        if not self.is_chief:  # non-chief workers write to a scratch copy that is discarded
-            ckpt_dir = os.path.join(self.workdir, f".worker_{self.strategy.cluster_resolver.task_id}", "checkpoints")
+        # Non-chief workers write to a scratch copy that is discarded.
+        ckpt_dir = os.path.join(self.workdir if self.is_chief else self._scratch_dir(), "checkpoints")
         self.checkpointer = checkpointing.Checkpointer(objects, ckpt_dir, c.max_checkpoints)
         self._steps = {flag: tf.function(self._distributed_step(flag)) for flag in (True, False)}
         signature = (
@@ -233,19 +251,23 @@ class Trainer:
             num_steps=c.num_train_steps,
         )
 
-    def _write_config(self) -> None:
-        path = os.path.join(self.workdir, "config.json")
-        if self.is_chief and not os.path.exists(path):
-            with open(path, "w") as f:
-                f.write(self.config.to_json_best_effort(indent=2))
-
     def run(self) -> dict[str, Any]:
         """Trains to ``num_train_steps`` (resuming if the workdir holds a checkpoint), evaluates, exports."""
+        try:
+            return self._run()
+        finally:
+            self._lock.unlock()
+
+    def _run(self) -> dict[str, Any]:
         c = self.config
         self.checkpointer.restore()
         start, total = self.step, c.num_train_steps
-        self._write_config()
-        writer = summaries.MetricWriter(self.workdir, enabled=self.is_chief)
+        if self.is_chief:
+            self.files.check_steps(start, total)
+            self.files.trim_metrics(start)
+            self.files.write_config(c)
+        candidates = self.loss.tags
+        writer = summaries.MetricWriter(self.workdir, enabled=self.is_chief, candidates=candidates)
         if start == 0:
             writer.hparams(_flatten(c))
             writer.layout(summaries.slf_layout(self.loss.names))
@@ -260,8 +282,11 @@ class Trainer:
         ]
         steps_per_epoch = max(1, len(self.data.x_train) // c.batch_size)
         iterator, preemption, t, stop, latest = self._iterator(start), _SigtermFlag(), start, False, {}
+        restart = self._restart_step()
         try:
             for step in range(start, total):
+                if step == restart:
+                    self._restart_main_network()
                 if step % steps_per_epoch == 0:  # where the "last epoch" window of the final table starts
                     self.epoch_start.assign(tf.concat([self.loss.totals, [float(step)]], axis=0))
                 latest.update(self._steps[step % c.decision.every == 0](iterator))  # keeps the last decision's
@@ -278,6 +303,22 @@ class Trainer:
             writer.close()
             return {"preempted": True, "step": t}
         return self._finish(writer, t)
+
+    def _restart_step(self) -> int:
+        """The step at which the main network restarts (-1: never); see ``config.decision.restart_fraction``."""
+        fraction = self.config.decision.restart_fraction
+        return round(fraction * self.config.num_train_steps) if fraction and self.loss.decision_variables else -1
+
+    def _restart_main_network(self) -> None:
+        """Fresh main weights and main-optimizer state; the decision network keeps what it learned."""
+        logging.info("Restarting the main network at step %d with the learned decision.", self.step)
+        keras.utils.set_random_seed(self.config.seed + 1)
+        with self.strategy.scope():
+            fresh = self._create_model()
+        for variable, value in zip(self.model.variables, fresh.variables, strict=True):
+            variable.assign(value)
+        for variable in self.main_optimizer.variables:
+            variable.assign(tf.zeros_like(variable))
 
     def _save(self, step: int, metrics: dict) -> None:
         del metrics
@@ -348,12 +389,13 @@ class Trainer:
         if self.is_chief:
             if self.config.export:
                 self.export()
-            checkpointing.write_json(os.path.join(self.workdir, "results.json"), results)
+            self.files.write_results(results)
         writer.close()
         return results
 
     def export(self) -> tuple[str, str]:
         """Saves the main model as ``export/model.keras`` + ``export/saved_model``, and the best as ``export/best/``."""
+        self.files.check_links("export")  # never write through a link out of the workdir
         paths = _export_model(self.model, os.path.join(self.workdir, "export"))
         if self.checkpointer.best() is not None:
             best = keras.models.clone_model(self.model)
@@ -389,7 +431,7 @@ class _Progress:
         scalars["train/steps_per_second"] = rate
         selected = loss.times_selected.numpy()
         frequency = (selected - self.last_selected) / max(1, step - self.last_step)
-        scalars.update(summaries.slf_scalars(loss, metrics, frequency, [_tag(n) for n in loss.names]))
+        scalars.update(summaries.slf_scalars(loss, metrics, frequency, loss.tags))
         self.writer.scalars(step, scalars)
         if hasattr(loss, "logits"):
             self.writer.histogram(step, "slf/alpha", loss.logits()[0])
@@ -443,9 +485,9 @@ def quiet_library_logs() -> None:
     tf.get_logger().setLevel(py_logging.WARNING)
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, new_run: bool = False) -> dict[str, Any]:
     """Trains and evaluates per ``config`` in ``workdir`` (resuming from its latest checkpoint)."""
-    trainer = Trainer(config, workdir)
+    trainer = Trainer(config, workdir, new_run=new_run)
     results = trainer.run()
     if results.get("preempted"):
         return results

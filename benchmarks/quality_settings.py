@@ -1,0 +1,148 @@
+"""The settings and strategies of the quality benchmark, and one run (a "job") of the fair protocol.
+
+Every setting is a config built from the project's own configs; every strategy
+is a config override. A job trains one (setting, strategy, seed) with the
+trainer, evaluates on the clean validation split every ``eval_every_steps``
+and keeps the best-validation checkpoint, and returns the last step's and the
+best checkpoint's validation and test metrics with the wall-clock time.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from configs import diabetes_outliers, digits
+
+# Setting name -> (config factory, noisy?, needs MNIST?).
+SETTINGS: dict[str, tuple[Callable[[str], ml_collections.ConfigDict], bool, bool]] = {}
+
+
+def _setting(name: str, noisy: bool, mnist: bool = False):
+    def register(factory):
+        SETTINGS[name] = (factory, noisy, mnist)
+        return factory
+
+    return register
+
+
+def _digits(label_noise: float = 0.0, kind: str = "symmetric", max_train: int = 0) -> ml_collections.ConfigDict:
+    c = digits.get_config()
+    c.data.label_noise, c.data.noise_kind, c.data.max_train_examples = label_noise, kind, max_train
+    c.num_train_steps = 1500
+    return c
+
+
+@_setting("digits_clean", noisy=False)
+def _digits_clean(_):
+    return _digits()
+
+
+@_setting("digits_sym20", noisy=True)
+def _digits_sym20(_):
+    return _digits(0.2)
+
+
+@_setting("digits_sym40", noisy=True)
+def _digits_sym40(_):
+    return _digits(0.4)
+
+
+@_setting("digits_sym60", noisy=True)
+def _digits_sym60(_):
+    return _digits(0.6)
+
+
+@_setting("digits_pair30", noisy=True)
+def _digits_pair30(_):
+    return _digits(0.3, "pair")
+
+
+@_setting("digits_small_sym40", noisy=True)
+def _digits_small(_):
+    """The small-data regime: 300 training images (of ~1,200), 40% symmetric noise."""
+    return _digits(0.4, max_train=300)
+
+
+@_setting("breast_cancer_sym30", noisy=True)
+def _breast_cancer(_):
+    c = _digits(0.3)
+    c.data.name = "breast_cancer"
+    c.num_train_steps = 1000
+    c.model.hidden_units = (64, 32)
+    return c
+
+
+@_setting("mnist10k_sym40", noisy=True, mnist=True)
+def _mnist(mnist_dir):
+    c = digits.get_config()
+    c.data.name, c.data.data_dir = "mnist", mnist_dir
+    c.data.val_fraction = 0.01  # 600 clean validation images
+    c.data.max_train_examples = 10_000
+    c.data.label_noise = 0.4
+    c.num_train_steps = 2000
+    c.batch_size = 128
+    c.model.hidden_units = (256, 128)
+    c.decision.every = 2
+    return c
+
+
+@_setting("mnist_cnn_sym40", noisy=True, mnist=True)
+def _mnist_cnn(mnist_dir):
+    """The small CNN on 28x28 MNIST images: 5,000 training images at 40% symmetric noise."""
+    c = _mnist(mnist_dir)
+    c.data.max_train_examples = 5_000
+    c.model.name = "cnn"
+    c.num_train_steps = 1200
+    c.batch_size = 64
+    c.decision.val_batch_size = 64
+    return c
+
+
+@_setting("diabetes_out10", noisy=True)
+def _diabetes(_):
+    return diabetes_outliers.get_config()
+
+
+def strategies(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+    """Strategy name -> config overrides: one fixed run per candidate (the sweep), then the rest."""
+    out = {f"fixed:{name}": {"loss.strategy": "fixed", "loss.fixed": name} for name in config.loss.candidates}
+    for name in ("uniform", "random", "uncertainty", "softadapt", "softmax", "slf"):
+        out[name] = {"loss.strategy": name}
+    return out
+
+
+def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with dotted ``overrides`` (``{"decision.every": 2}``)."""
+    c = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        node = c
+        *path, leaf = key.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return c
+
+
+def run_job(setting: str, strategy: dict[str, Any], seed: int, mnist_dir: str = "") -> dict[str, Any]:
+    """Trains one (setting, strategy, seed) under the fair protocol; returns its metrics and seconds."""
+    from slf_tf.training import Trainer
+
+    config = apply(SETTINGS[setting][0](mnist_dir), strategy)
+    config.seed = seed
+    config.eval_every_steps = max(1, config.num_train_steps // 15)  # 15 evaluations on the clean split
+    config.log_every_steps = config.checkpoint_every_steps = config.num_train_steps
+    config.best_metric, config.early_stopping_patience, config.export = "auto", 0, False
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="slf_quality_") as workdir:
+        results = Trainer(config, workdir).run()
+    return {
+        "seconds": time.time() - start,
+        "last": {"val": results["val"], "test": results["test"]},
+        "best": results["best"],
+        "decision": results["decision"],
+    }

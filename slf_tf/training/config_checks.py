@@ -1,0 +1,171 @@
+"""Checks of a trainer config, run before any data, model or file is touched.
+
+Every name is checked against the allowed ones and every number for being
+finite and in range; each error names the field, the bad value and what is
+allowed. Old field names get an error naming the new ones.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from slf_tf import data as data_lib
+from slf_tf import decision as decision_lib
+from slf_tf import losses, models, selection
+from slf_tf.stochastic_loss import STRATEGIES
+from slf_tf.training import factories
+
+__all__ = ["RENAMED", "validate_config"]
+
+# Fields that were renamed: the old name in a config gets an error naming the new one.
+RENAMED = {
+    "strategy": "distribution (the tf.distribute strategy; loss.strategy is the kind of loss)",
+    "slf": "decision (decision_every -> decision.every; the other fields keep their names)",
+    "loss.decision": "decision.network",
+    "loss.hidden_units": "decision.hidden_units",
+    "debug_kill_at_step": "nothing: it was a test hook and is gone",
+}
+
+INF = math.inf
+# field -> (integer?, low, high, low included?, high included?)
+NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
+    "seed": (True, 0, 2**31 - 1, True, True),
+    "num_train_steps": (True, 1, INF, True, False),
+    "batch_size": (True, 1, INF, True, False),
+    "log_every_steps": (True, 1, INF, True, False),
+    "eval_every_steps": (True, 1, INF, True, False),
+    "checkpoint_every_steps": (True, 1, INF, True, False),
+    "max_checkpoints": (True, 1, INF, True, False),
+    "early_stopping_patience": (True, 0, INF, True, False),
+    "data.val_fraction": (False, 0, 1, False, False),
+    "data.test_fraction": (False, 0, 1, True, False),
+    "data.max_train_examples": (True, 0, INF, True, False),
+    "data.label_noise": (False, 0, 1, True, False),
+    "data.outlier_fraction": (False, 0, 1, True, False),
+    "data.outlier_scale": (False, 0, INF, False, False),
+    "data.max_load_gb": (False, 0, INF, False, False),
+    "model.dropout": (False, 0, 1, True, False),
+    "optimizer.learning_rate": (False, 0, INF, False, False),
+    "optimizer.momentum": (False, 0, 1, True, False),
+    "optimizer.weight_decay": (False, 0, INF, True, False),
+    "optimizer.clipnorm": (False, 0, INF, True, False),
+    "loss.threshold": (False, 0, INF, False, False),
+    "loss.softadapt_beta": (False, 0, INF, False, False),
+    "loss.temperature.initial": (False, 0, INF, False, False),
+    "loss.temperature.rate": (False, 0, INF, True, False),
+    "loss.temperature.minimum": (False, 0, INF, False, False),
+    "decision.hidden_units": (True, 1, INF, True, False),
+    "decision.every": (True, 1, INF, True, False),
+    "decision.lookahead_lr": (False, 0, INF, False, False),
+    "decision.learning_rate": (False, 0, INF, False, False),
+    "decision.entropy_weight": (False, 0, INF, True, False),
+    "decision.val_batch_size": (True, 1, INF, True, False),
+    "decision.fd_epsilon": (False, 0, INF, False, False),
+    "decision.clipnorm": (False, 0, INF, True, False),
+    "decision.restart_fraction": (False, 0, 1, True, False),
+}
+
+
+def _get(config, path: str) -> Any:
+    node = config
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def _has(config, path: str) -> bool:
+    node = config
+    for part in path.split("."):
+        if not hasattr(node, "get") or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _rule(integer: bool, low: float, high: float, low_in: bool, high_in: bool) -> str:
+    kind = "an integer" if integer else "a finite number"
+    lo = f"{'>=' if low_in else '>'} {low:g}"
+    return (
+        f"{kind} {lo}"
+        if high == INF
+        else f"{kind} in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    )
+
+
+def check_number(config, path: str) -> None:
+    """Raises ``ValueError`` naming ``config.<path>`` unless its value obeys :data:`NUMBERS`."""
+    integer, low, high, low_in, high_in = NUMBERS[path]
+    value = _get(config, path)
+    numeric = isinstance(value, int) if integer else isinstance(value, (int, float))
+    ok = numeric and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+    if not ok:
+        raise ValueError(f"config.{path} must be {_rule(integer, low, high, low_in, high_in)}; got {value!r}.")
+
+
+def _check_renamed(config) -> None:
+    for old, new in RENAMED.items():
+        if _has(config, old):
+            raise ValueError(f"config.{old} was renamed: use config.{new}.")
+
+
+def _check_names(config, task: str) -> None:
+    if config.distribution not in factories.DISTRIBUTION_STRATEGIES:
+        factories.create_distribution_strategy(config.distribution)  # raises with the allowed names
+    name = config.data.name
+    if name not in data_lib.EMBEDDED and name != "mnist" and not name.startswith("tfds:"):
+        raise ValueError(f"Unknown dataset {name!r}; known: {list(data_lib.DATASETS)}.")
+    if config.data.noise_kind not in data_lib.NOISE_KINDS:
+        raise ValueError(f"Unknown data.noise_kind {config.data.noise_kind!r}; known: {list(data_lib.NOISE_KINDS)}.")
+    if config.model.name not in models.MODELS:
+        raise ValueError(f"Unknown model {config.model.name!r}; known: {list(models.MODELS)}.")
+    for label, value in (("optimizer", config.optimizer.name), ("decision optimizer", config.decision.optimizer)):
+        if value not in factories.OPTIMIZERS:
+            raise ValueError(f"Unknown {label} {value!r}; known: {list(factories.OPTIMIZERS)}.")
+    if config.loss.strategy not in STRATEGIES:
+        raise ValueError(f"Unknown loss strategy {config.loss.strategy!r}; known: {sorted(STRATEGIES)}.")
+    losses.LossBag(list(config.loss.candidates), task=task)  # names, parameters, duplicates
+    selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
+    if config.decision.network not in decision_lib.KINDS:
+        raise ValueError(f"Unknown decision network {config.decision.network!r}; known: {list(decision_lib.KINDS)}.")
+    if config.get("mixed_precision", "") not in ("", "float32", "mixed_bfloat16", "mixed_float16"):
+        raise ValueError(
+            f"Unknown mixed_precision {config.mixed_precision!r}; known: ['', 'mixed_bfloat16', 'mixed_float16']."
+        )
+    if config.best_metric not in factories.BEST_METRICS:
+        raise ValueError(f"Unknown best_metric {config.best_metric!r}; known: {list(factories.BEST_METRICS)}.")
+    factories.best_metric(config, task)
+
+
+def _check_combinations(config) -> None:
+    t, k = config.loss.temperature, config.loss.k
+    if t.kind in ("exponential", "cosine") and t.initial < t.minimum:
+        raise ValueError(
+            f"config.loss.temperature.initial ({t.initial!r}) is below temperature.minimum ({t.minimum!r}); "
+            "the schedule would start at the minimum. Raise initial or lower minimum."
+        )
+    if isinstance(k, int) and config.loss.threshold > k:
+        raise ValueError(
+            f"config.loss.threshold={config.loss.threshold!r} exceeds k={k}: K draws give soft counts <= K, so the "
+            "gate would only ever keep the top candidate. Use a threshold in (0, k]."
+        )
+    if config.data.test_fraction == 0 and config.data.name in data_lib.EMBEDDED:
+        raise ValueError(f"config.data.test_fraction=0 leaves {config.data.name!r} no test split; use a value > 0.")
+    if config.data.val_fraction + config.data.test_fraction >= 1:
+        raise ValueError(
+            f"config.data.val_fraction + test_fraction must be < 1; got {config.data.val_fraction!r} + "
+            f"{config.data.test_fraction!r}."
+        )
+
+
+def validate_config(config) -> None:
+    """Checks every name and number a run needs, before any data, model or file is touched."""
+    _check_renamed(config)
+    for path in NUMBERS:
+        check_number(config, path)
+    task = data_lib.EMBEDDED.get(config.data.name, "classification")
+    _check_names(config, task)
+    _check_combinations(config)
+    factories.temperature_schedule(config)
+    factories.decision_settings(config)  # virtual_step, method

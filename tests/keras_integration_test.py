@@ -1,0 +1,187 @@
+"""The Keras path as Keras users use it: MirroredStrategy fit, Keras' own callbacks, logs, save/reload."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+from tensorboard.backend.event_processing import event_accumulator
+
+import slf_tf
+from slf_tf.training import factories
+
+BAG = ["cross_entropy", "focal(gamma=2.0)", "mae"]
+
+
+def _digits():
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = (x[order] / 16.0).astype(np.float32), y[order].astype(np.int32)
+    return (x[:640], y[:640]), (x[640:896], y[640:896]), (x[896:], y[896:])
+
+
+def _network():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(10)])
+
+
+def _fused(strategy=None):
+    _, val, _ = _digits()
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = slf_tf.SLFModel(_network(), val, keras.optimizers.Adam(0.05), val_batch_size=64)
+        loss = slf_tf.StochasticLoss(BAG, k=2, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
+    return model, loss
+
+
+def _compiled(strategy=None):
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = _network()
+        loss = slf_tf.StochasticLoss(BAG, k=2, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
+    return model, loss
+
+
+def _replica_values(variable):
+    return [np.asarray(v) for v in tf.distribute.get_strategy().experimental_local_results(variable.value)]
+
+
+def test_fused_fit_under_mirrored_matches_one_device():
+    (x, y), _, _ = _digits()
+    strategy = factories.create_distribution_strategy("mirrored")
+    one, one_loss = _fused()
+    two, two_loss = _fused(strategy)
+    h1 = one.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0).history
+    h2 = two.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0).history
+    np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-4)
+    np.testing.assert_allclose(h2["accuracy"], h1["accuracy"], rtol=1e-4)
+    for a, b in zip(one_loss.decision_variables, two_loss.decision_variables, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+    with strategy.scope():
+        for variable in two_loss.state_variables:  # the same decision state on every replica
+            first, second = (np.asarray(v) for v in strategy.experimental_local_results(variable.value))
+            np.testing.assert_array_equal(first, second)
+    assert int(two_loss.step.numpy()) == 20
+
+
+def test_compiled_loss_and_callback_under_mirrored():
+    (x, y), val, (xt, yt) = _digits()
+    strategy = factories.create_distribution_strategy("mirrored")
+    for with_callback in (False, True):
+        model, loss = _compiled(strategy)
+        callbacks = [slf_tf.callbacks.DecisionUpdate((x, y), val)] if with_callback else []
+        history = model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=callbacks).history
+        assert history["loss"][-1] < history["loss"][0]
+        assert int(loss.step.numpy()) == (20 if with_callback else 0)  # samples only while the callback trains
+        with strategy.scope():
+            for variable in loss.state_variables:
+                first, second = (np.asarray(v) for v in strategy.experimental_local_results(variable.value))
+                np.testing.assert_array_equal(first, second)
+        assert np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt) > 0.5  # 20 steps; chance is 0.1
+
+
+def test_decision_shows_in_history_and_the_tensorboard_callback(tmp_path):
+    (x, y), val, _ = _digits()
+    model, _ = _fused()
+    board = keras.callbacks.TensorBoard(str(tmp_path / "tb"))
+    history = model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[board]).history
+    for key in ("slf_p_cross_entropy", "slf_w_mae", "slf_temperature", "slf_hypergrad_norm"):
+        assert key in history and len(history[key]) == 2, key
+    (events,) = glob.glob(str(tmp_path / "tb" / "train" / "events.*"))
+    acc = event_accumulator.EventAccumulator(events, size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "epoch_slf_p_cross_entropy" in acc.Tags()["tensors"]
+    compiled, _ = _compiled()
+    update = slf_tf.callbacks.DecisionUpdate((x, y), val)
+    history = compiled.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[update]).history
+    assert len(history["slf_p_focal_gamma_2.0"]) == 2 and "slf_hypergrad_norm" in history
+
+
+def test_validation_loss_is_noise_free_and_a_cross_entropy_metric_is_comparable():
+    (x, y), val, (xt, yt) = _digits()
+    model, loss = _compiled()
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=[slf_tf.metrics.objective_metric(loss)])
+    update = slf_tf.callbacks.DecisionUpdate((x, y), val)
+    history = model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[update], validation_data=(xt, yt))
+    assert "val_cross_entropy" in history.history
+    first, second = (model.evaluate(xt, yt, verbose=0, return_dict=True) for _ in range(2))
+    assert first == second
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(yt, model.predict(xt, verbose=0))
+    assert first["cross_entropy"] == pytest.approx(float(ce), rel=1e-5)
+
+
+def test_keras_reload_restores_the_loss_state(tmp_path):
+    (x, y), val, _ = _digits()
+    model, loss = _compiled()
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[slf_tf.callbacks.DecisionUpdate((x, y), val)])
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    assert int(reloaded.loss.step.numpy()) == int(loss.step.numpy()) == 10
+    for a, b in zip(loss.decision_variables, reloaded.loss.decision_variables, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(reloaded.loss.temperature().numpy(), loss.temperature().numpy())
+
+
+def test_model_checkpoint_early_stopping_and_backup_with_slf(tmp_path):
+    (x, y), val, (xt, yt) = _digits()
+    model, loss = _compiled()
+    callbacks = [
+        slf_tf.callbacks.DecisionUpdate((x, y), val),
+        keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), monitor="val_loss", save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, restore_best_weights=True),
+        keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
+    ]
+    history = model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=callbacks, validation_data=val).history
+    assert len(history["loss"]) >= 2
+    best = keras.models.load_model(tmp_path / "best.keras")
+    assert isinstance(best.loss, slf_tf.StochasticLoss) and int(best.loss.step.numpy()) > 0
+    assert np.mean(np.argmax(best.predict(xt, verbose=0), -1) == yt) > 0.5
+
+
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (None, "fit's validation_split cannot feed it"),
+        ("strings", "must be an"),
+        ((np.zeros((4, 64)), np.zeros(4), np.ones(4)), r"\(x, y, sample_weight\) tuple"),
+    ],
+)
+def test_callback_wiring_errors(data, match):
+    with pytest.raises(ValueError, match=match):
+        slf_tf.callbacks.DecisionUpdate(data, data)
+
+
+def test_callback_checks_the_loss_and_unbatched_data():
+    (x, y), val, _ = _digits()
+    model, _ = _compiled()
+    other = slf_tf.StochasticLoss(BAG)
+    with pytest.raises(ValueError, match="not the loss the model was compiled with"):
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[slf_tf.callbacks.DecisionUpdate((x, y), val, loss=other)])
+    with pytest.raises(ValueError, match=r"looks unbatched .* call .batch\(n\)"):
+        slf_tf.callbacks.DecisionUpdate(tf.data.Dataset.from_tensor_slices((x, y)), val)
+
+
+def test_regression_loss_in_a_classification_bag_suggests_the_task():
+    with pytest.raises(ValueError, match=r"task=.regression."):
+        slf_tf.StochasticLoss(["cross_entropy", "mse"])
+
+
+def test_saved_model_in_a_fresh_process_needs_only_the_import(tmp_path):
+    import subprocess
+    import sys
+
+    (x, y), val, _ = _digits()
+    model, _ = _compiled()
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[slf_tf.callbacks.DecisionUpdate((x, y), val)])
+    model.save(tmp_path / "m.keras")
+    path = str(tmp_path / "m.keras")
+    code = (
+        f"import keras, slf_tf; m = keras.models.load_model({path!r}); print(type(m.loss).__name__, int(m.loss.step))"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["StochasticLoss", "10"]
