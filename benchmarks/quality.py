@@ -37,7 +37,8 @@ from absl import app, flags  # noqa: E402
 from benchmarks import harness  # noqa: E402
 from benchmarks.quality_settings import SETTINGS, run_job, strategies  # noqa: E402
 
-_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per setting (0..n-1).")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per setting (first_seed .. first_seed + n - 1).")
+_FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first seed (use other seeds to develop than to report).")
 _SETTINGS = flags.DEFINE_list("settings", None, "Settings to run (default: all available).")
 _STRATEGIES = flags.DEFINE_list("strategies", None, "Strategies to run (default: all; 'fixed' = every fixed loss).")
 _VARIANTS = flags.DEFINE_string("variants", "", "Extra SLF variants: 'name:key=value,key=value;name2:...'.")
@@ -99,7 +100,8 @@ def _jobs(done: set) -> list[tuple]:
     if unknown:
         raise app.UsageError(f"Unknown or unavailable settings {unknown}; available: {sorted(available)}")
     jobs = []
-    for seed in range(_SEEDS.value):  # seeds outermost: a partial run still compares like with like
+    seeds = range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value)
+    for seed in seeds:  # seeds outermost: a partial run still compares like with like
         for setting in chosen:
             table = {**strategies(SETTINGS[setting][0](_MNIST_DIR.value)), **parse_variants(_VARIANTS.value)}
             wanted = _STRATEGIES.value
@@ -233,11 +235,48 @@ def report(rows: list[dict]) -> tuple[str, dict]:
             "oracle": oracle,
             "goals": goals,
         }
+    texts.insert(0, overview(summary, slf="slf") + "\n")
     if beats_oracle:
         share = sum(beats_oracle) / len(beats_oracle)
         status = "met" if share >= 0.5 else "MISSED"
         texts.append(f"SLF above the oracle on {sum(beats_oracle)} of {len(beats_oracle)} noisy settings: {status}")
     return "\n\n".join(texts), summary
+
+
+def overview(summary: dict, slf: str = "slf") -> str:
+    """One row per setting: CE, the sweep, the oracle and ``slf`` at their best checkpoints, and SLF's cost."""
+    rows = []
+    for setting, sm in summary.items():
+        best, last = ({k: np.asarray(v) for k, v in sm[key].items()} for key in ("best", "last"))
+        if slf not in best or "sweep" not in best:
+            continue
+        regression = setting.startswith("diabetes")
+        base = "fixed:mse" if regression else "fixed:cross_entropy"
+        sign = -1.0 if regression else 1.0
+        d, h = _paired(sign * (best[slf] - best["sweep"]))
+        rows.append(
+            [
+                setting,
+                f"{best[base].mean():.2f}",
+                f"{best['sweep'].mean():.2f}",
+                f"{best[sm['oracle']].mean():.2f} ({sm['oracle'][6:]})",
+                f"{last[slf].mean():.2f}",
+                f"{best[slf].mean():.2f}",
+                f"{d:+.2f} +- {h:.2f}",
+                f"{sm['seconds'][slf] / sm['seconds']['sweep']:.2f}",
+            ]
+        )
+    headers = [
+        "setting (test acc. %; diabetes: MAE)",
+        "CE / MSE",
+        "sweep",
+        "oracle",
+        f"{slf} last step",
+        f"{slf}",
+        f"{slf} - sweep (better: +)",
+        "cost / sweep",
+    ]
+    return "All at the best-validation checkpoint unless noted.\n\n" + harness.format_table(headers, rows)
 
 
 def _goals(setting, best, seconds, sign, base, oracle, regression, beats_oracle) -> list[str]:

@@ -8,6 +8,9 @@ Models: the MLP on digits (64 features) and the small CNN on MNIST-shaped inputs
   exact_every1  + the exact hypergradient every step
   fd_every1     + the finite-difference hypergradient every step
   exact_every10 + the exact hypergradient every 10 steps (mean over the 10-step cycle)
+and Keras' fit, each against a plain cross-entropy fit of the same model: keras_slf_model
+(SLFModel, the fused step; every step and every 10) and keras_callback (a compiled
+StochasticLoss with the DecisionUpdate callback; every batch and every 10).
 Goals (CPU): bag <= 1.15x, exact every 10 <= 1.3x, exact every step <= 2.5x on the
 CNN, finite difference <= exact. Medians over rounds; traces per step function.
 """
@@ -38,6 +41,7 @@ _ROUNDS = flags.DEFINE_integer("rounds", 15, "Timing rounds (medians are over th
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per variant per round (a multiple of 10).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Where step_overhead.md / .json go.")
 _MODELS = flags.DEFINE_list("models", ["mlp", "cnn"], "Which models to time (mlp, cnn).")
+_KERAS = flags.DEFINE_bool("keras", True, "Also time the Keras fit path (x CE there is against a plain CE fit).")
 BATCH = 128
 
 
@@ -162,6 +166,58 @@ def _measure(model_name: str, dataset, rounds: int, steps: int):
     }
 
 
+def _keras_variant(name: str, model_name: str, dataset, every: int | None) -> _Variant:
+    """Keras ``fit`` steps: plain cross-entropy (every=None, no SLF), SLFModel, or the DecisionUpdate callback."""
+    import slf_tf
+    from slf_tf import models
+
+    keras.utils.set_random_seed(0)
+    network = models.create_model(model_name, dataset.input_shape, 10, image_shape=dataset.image_shape)
+    train = tf.data.Dataset.from_tensor_slices((dataset.x_train, dataset.y_train)).repeat().batch(BATCH)
+    bag = list(digits_config.get_config().loss.candidates)
+    callbacks = []
+    if name == "keras_ce":
+        model = network
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    elif name.startswith("keras_slf_model"):
+        model = slf_tf.SLFModel(network, (dataset.x_val, dataset.y_val), val_batch_size=BATCH, every=every)
+        model.compile(keras.optimizers.Adam(1e-3), slf_tf.StochasticLoss(bag, k=3))
+    else:
+        model = network
+        model.compile(keras.optimizers.Adam(1e-3), slf_tf.StochasticLoss(bag, k=3))
+        validation = tf.data.Dataset.from_tensor_slices((dataset.x_val, dataset.y_val)).repeat().batch(BATCH)
+        callbacks = [slf_tf.callbacks.DecisionUpdate(train, validation, every_n_batches=every)]
+
+    def run(n):
+        return model.fit(train, epochs=1, steps_per_epoch=n, verbose=0, callbacks=callbacks).history["loss"][-1]
+
+    return _Variant(name, run, lambda: {})
+
+
+def _measure_keras(model_name: str, dataset, rounds: int, steps: int) -> dict:
+    """The Keras path's step times, relative to a plain cross-entropy ``fit`` of the same model."""
+    variants = [
+        _keras_variant("keras_ce", model_name, dataset, None),
+        _keras_variant("keras_slf_model", model_name, dataset, 1),
+        _keras_variant("keras_slf_model_every10", model_name, dataset, 10),
+        _keras_variant("keras_callback", model_name, dataset, 1),
+        _keras_variant("keras_callback_every10", model_name, dataset, 10),
+    ]
+    for v in variants:
+        v.run_steps(10)  # trace and build
+    times = {v.name: [] for v in variants}
+    for r in range(rounds):
+        for v in variants if r % 2 == 0 else list(reversed(variants)):
+            start = time.perf_counter()
+            v.run_steps(steps)
+            times[v.name].append((time.perf_counter() - start) / steps * 1e3)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        k: {"median_ms": m, "ratio_to_ce": m / medians["keras_ce"], "peak_rss_growth_mb": 0.0, "traces": {}}
+        for k, m in medians.items()
+    }
+
+
 GOALS = {
     "bag_frozen": ("<= 1.15x", lambda r, _: r <= 1.15),
     "exact_every10": ("<= 1.3x", lambda r, _: r <= 1.3),
@@ -180,6 +236,8 @@ def main(argv):
     results, rows = {}, []
     for model_name, dataset in setups.items():
         r = _measure(model_name, dataset, _ROUNDS.value, _STEPS.value)
+        if _KERAS.value:
+            r.update(_measure_keras(model_name, dataset, _ROUNDS.value, _STEPS.value))
         results[model_name] = r
         for name, m in r.items():
             goal, ok = GOALS.get(name, ("", None))

@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.distribution = "default"  # tf.distribute: default | mirrored | multi_worker
+    config.multi_worker_timeout_s = 600  # multi_worker: abort if the cluster is not up by then (0: wait forever)
     config.deterministic = False  # TF op determinism (slower; bitwise-reproducible on CPU)
     config.mixed_precision = ""  # "" (float32) | "mixed_bfloat16" | "mixed_float16": the main network only
 
@@ -101,9 +102,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.decision.val_batch_size = 128
     config.decision.fd_epsilon = 1e-3
     config.decision.clipnorm = 0.0  # global-norm clipping of the decision gradients (0: off)
-    # Restart mode: after this fraction of the steps, re-initialise the main network (and its optimizer)
-    # and train on with the decision learned so far, within the same budget (0: off).
+    # Restart mode: retrain the main network with the decision learned so far, once, within the same
+    # budget: at this fraction of the steps (0: off), or at the first evaluation where the decision's
+    # largest expected coefficient reaches restart_at_commitment (0: off; only in the first half).
     config.decision.restart_fraction = 0.0
+    config.decision.restart_at_commitment = 0.0
+    config.decision.restart_from = "init"  # init (fresh weights) | best (the best-validation checkpoint)
 
     # Save export/model.keras and export/saved_model at the end (and export/best/).
     config.export = True

@@ -10,6 +10,7 @@ from typing import Any
 
 import keras
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from slf_tf import checks, estimators, gumbel, schedules
 
@@ -71,6 +72,13 @@ class GumbelSoftmax(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+    def distribution(self, logits: Any) -> tfp.distributions.Distribution:
+        """The TFP distribution the layer's training samples follow at its current temperature:
+        ``RelaxedOneHotCategorical(tau, logits)`` (straight-through rounds its samples to one-hot)."""
+        logits = checks.check_logits(logits)
+        tau = tf.cast(self.schedule(tf.convert_to_tensor(self.iterations)), logits.dtype)
+        return tfp.distributions.RelaxedOneHotCategorical(tau, logits=logits)
 
     def get_config(self):
         config = super().get_config()

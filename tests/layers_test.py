@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 import slf_tf
 from slf_tf import schedules
@@ -85,3 +86,13 @@ def test_bad_layer_arguments():
         slf_tf.GumbelSoftmax(temperature=0)
     with pytest.raises(ValueError, match="clip must be None or a number > 0"):
         slf_tf.BinaryGate(clip=0.0)
+
+
+def test_layer_hands_back_its_tfp_distribution():
+    layer = slf_tf.GumbelSoftmax(temperature=0.7)
+    logits = tf.constant([[0.5, -0.2, 1.0]])
+    dist = layer.distribution(logits)
+    assert isinstance(dist, tfp.distributions.RelaxedOneHotCategorical)
+    np.testing.assert_allclose(float(dist.temperature), 0.7, rtol=1e-6)
+    sample = layer(logits, training=True, seed=(1, 2))
+    assert np.isfinite(float(dist.log_prob(sample)[0]))  # the layer's samples lie in the distribution's support

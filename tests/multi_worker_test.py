@@ -36,26 +36,18 @@ def _weights(checkpoint_prefix):
     return {k: reader.get_tensor(k) for k in names}
 
 
-def test_two_workers_match_each_other_and_a_single_process(tmp_path):
-    workdir, single = str(tmp_path / "mw"), str(tmp_path / "single")
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+def _start_workers(command, count=2, cluster_size=2):
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(cluster_size)]}
     procs = []
-    for index in range(2):
+    for index in range(count):
         env = {
             **os.environ,
             "TF_CPP_MIN_LOG_LEVEL": "3",
+            "PYTHONPATH": REPO,
             "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
         }
         procs.append(
-            subprocess.Popen(
-                _command(workdir, "distribution=multi_worker"),
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
     outputs = []
     try:
@@ -65,6 +57,12 @@ def test_two_workers_match_each_other_and_a_single_process(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+    return procs, outputs
+
+
+def test_two_workers_match_each_other_and_a_single_process(tmp_path):
+    workdir, single = str(tmp_path / "mw"), str(tmp_path / "single")
+    procs, outputs = _start_workers(_command(workdir, "distribution=multi_worker"))
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert "test accuracy" in outputs[0][0] and "test accuracy" not in outputs[1][0]  # only the chief reports
@@ -84,3 +82,22 @@ def test_two_workers_match_each_other_and_a_single_process(tmp_path):
     alone = _weights(os.path.join(single, "checkpoints", "ckpt-20"))
     for k in chief:
         np.testing.assert_allclose(chief[k], alone[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_keras_fit_with_slf_model_on_two_workers_agrees():
+    procs, outputs = _start_workers([sys.executable, os.path.join(REPO, "tests", "keras_multi_worker.py")])
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert results[0] == results[1]  # the same losses and decision on both workers
+    assert results[0]["loss"][-1] < results[0]["loss"][0]
+    assert any(abs(v) > 1e-4 for row in results[0]["decision"] for v in row)  # the decision network learned
+
+
+def test_a_missing_peer_is_reported_and_times_out(tmp_path):
+    procs, outputs = _start_workers(
+        _command(str(tmp_path / "w"), "distribution=multi_worker", "multi_worker_timeout_s=5"), count=1
+    )
+    (proc,), ((_, err),) = procs, outputs
+    assert proc.returncode == 3, err[-2000:]
+    assert "Still waiting for the multi-worker cluster" in err and "did not come up within" in err

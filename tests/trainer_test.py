@@ -246,3 +246,31 @@ def test_lost_checkpoint_state_file_resumes_from_the_files(tmp_path):
     resumed.run()
     assert os.path.exists(tmp_path / "checkpoints" / "ckpt-30.index")
     assert os.path.exists(tmp_path / "checkpoints" / "ckpt-20.index")
+
+
+@pytest.mark.parametrize(
+    "overrides,at",
+    [({"decision.restart_fraction": 0.5}, 10), ({"decision.restart_at_commitment": 0.01}, 10)],
+    ids=["fraction", "commitment"],
+)
+def test_restart_retrains_the_main_network_once_with_the_learned_decision(tmp_path, overrides, at):
+    trainer = Trainer(_config(**overrides), str(tmp_path))
+    seen = {}
+    apply = trainer.restart.apply
+
+    def spy(step):
+        seen["before"] = [w.numpy().copy() for w in trainer.model.trainable_variables]
+        seen["decision"] = [v.numpy().copy() for v in trainer.loss.decision_variables]
+        apply(step)
+        seen["after"] = [w.numpy().copy() for w in trainer.model.trainable_variables]
+        seen["decision_after"] = [v.numpy().copy() for v in trainer.loss.decision_variables]
+
+    trainer.restart.apply = spy
+    results = trainer.run()
+    assert results["restarted_at"] == at
+    assert any(not np.array_equal(a, b) for a, b in zip(seen["before"], seen["after"], strict=True))
+    for a, b in zip(seen["decision"], seen["decision_after"], strict=True):
+        np.testing.assert_array_equal(a, b)  # the decision network goes on
+    assert float(trainer.main_optimizer.learning_rate.numpy()) == pytest.approx(1e-3)  # not reset
+    assert int(trainer.main_optimizer.iterations.numpy()) == 20 - at  # reset at the restart
+    assert Trainer(_config(**overrides), str(tmp_path)).run()["restarted_at"] == at  # recorded in the checkpoint

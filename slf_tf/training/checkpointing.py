@@ -108,6 +108,11 @@ class Checkpointer:
         self._best_manager.save(checkpoint_number=step)
         write_json(os.path.join(self.best_directory, "best.json"), {"step": step, **record})
 
+    def best_prefix(self) -> str | None:
+        """The best checkpoint's prefix (None if there is none)."""
+        prefixes = list_checkpoints(self.best_directory)
+        return prefixes[-1] if prefixes else None
+
     def restore_best(self) -> bool:
         """Loads the best checkpoint's state (e.g. to export it); False if there is none."""
         prefixes = list_checkpoints(self.best_directory)

@@ -14,7 +14,7 @@ from slf_tf import data as data_lib
 from slf_tf import decision as decision_lib
 from slf_tf import losses, models, selection
 from slf_tf.stochastic_loss import STRATEGIES
-from slf_tf.training import factories
+from slf_tf.training import factories, restart
 
 __all__ = ["RENAMED", "validate_config"]
 
@@ -31,6 +31,7 @@ INF = math.inf
 # field -> (integer?, low, high, low included?, high included?)
 NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "seed": (True, 0, 2**31 - 1, True, True),
+    "multi_worker_timeout_s": (False, 0, INF, True, False),
     "num_train_steps": (True, 1, INF, True, False),
     "batch_size": (True, 1, INF, True, False),
     "log_every_steps": (True, 1, INF, True, False),
@@ -64,6 +65,7 @@ NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "decision.fd_epsilon": (False, 0, INF, False, False),
     "decision.clipnorm": (False, 0, INF, True, False),
     "decision.restart_fraction": (False, 0, 1, True, False),
+    "decision.restart_at_commitment": (False, 0, 1, True, True),
 }
 
 
@@ -127,6 +129,10 @@ def _check_names(config, task: str) -> None:
         raise ValueError(f"Unknown loss strategy {config.loss.strategy!r}; known: {sorted(STRATEGIES)}.")
     losses.LossBag(list(config.loss.candidates), task=task)  # names, parameters, duplicates
     selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
+    if config.decision.restart_from not in restart.RESTART_FROM:
+        raise ValueError(
+            f"Unknown decision.restart_from {config.decision.restart_from!r}; known: {list(restart.RESTART_FROM)}."
+        )
     if config.decision.network not in decision_lib.KINDS:
         raise ValueError(f"Unknown decision network {config.decision.network!r}; known: {list(decision_lib.KINDS)}.")
     if config.get("mixed_precision", "") not in ("", "float32", "mixed_bfloat16", "mixed_float16"):

@@ -13,6 +13,7 @@ every ``checkpoint_every_steps``; a checkpoint and a clean exit on SIGTERM.
 from __future__ import annotations
 
 import atexit
+import json
 import math
 import os
 import signal
@@ -32,6 +33,7 @@ from slf_tf import models
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import TrainStep
 from slf_tf.training import checkpointing, config_checks, factories, input_pipeline, summaries
+from slf_tf.training import restart as restart_lib
 from slf_tf.training import workdir as workdir_lib
 
 __all__ = ["Trainer", "format_report", "quiet_library_logs", "train_and_evaluate"]
@@ -86,6 +88,34 @@ class _SigtermFlag:
             self._previous = None
 
 
+class _PeerWatchdog:
+    """Logs what a multi-worker run waits for (its peers) and aborts after ``timeout_s`` (0: wait forever)."""
+
+    def __init__(self, timeout_s: float, every_s: float = 30.0):
+        self.timeout_s, self.every_s = timeout_s, every_s
+        self._done = threading.Event()
+        self._start = time.time()
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
+        self._peers = ", ".join(f"{k}: {v}" for k, v in cluster.items())
+        threading.Thread(target=self._watch, daemon=True, name="peer-watchdog").start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.every_s):
+            waited = time.time() - self._start
+            logging.warning("Still waiting for the multi-worker cluster (%s) after %.0f s.", self._peers, waited)
+            if self.timeout_s and waited >= self.timeout_s:
+                logging.error(
+                    "The cluster (%s) did not come up within multi_worker_timeout_s=%.0f s: is every worker "
+                    "started, with the same TF_CONFIG cluster and its own task index? Aborting.",
+                    self._peers,
+                    self.timeout_s,
+                )
+                os._exit(3)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
 class _Periodic:
     """Runs ``action(step, metrics)`` when ``step % every == 0`` or at the last step; the action may ask to stop."""
 
@@ -113,6 +143,12 @@ class Trainer:
         self.config, self.workdir = config, workdir
         if config.get("deterministic", False):
             tf.config.experimental.enable_op_determinism()
+        multi_worker = config.distribution == "multi_worker"
+        self._watchdog = (
+            _PeerWatchdog(config.multi_worker_timeout_s, min(30.0, config.multi_worker_timeout_s or 30.0))
+            if multi_worker
+            else None
+        )
         self.strategy = factories.create_distribution_strategy(config.distribution)
         self.is_chief = _is_chief(self.strategy)
         # Loaded before the workdir is touched, so a missing dataset fails fast and writes nothing.
@@ -167,6 +203,7 @@ class Trainer:
             )
             # The loss's running totals and the step at the start of the epoch (the "last epoch" table).
             self.epoch_start = tf.Variable(tf.zeros([4 * self.loss.num_losses + 2]), trainable=False)
+            self.restart = restart_lib.Restart(self)
         objects = {
             "model": self.model,
             "main_optimizer": self.main_optimizer,
@@ -174,6 +211,7 @@ class Trainer:
             "loss_state": {f"s{i}": v for i, v in enumerate(self.loss.state_variables)},
             "decision": {f"v{i}": v for i, v in enumerate(self.loss.decision_variables)},
             "epoch_start": self.epoch_start,
+            "restarted_at": self.restart.restarted_at,
         }
         # Non-chief workers write to a scratch copy that is discarded.
         ckpt_dir = os.path.join(self.workdir if self.is_chief else self._scratch_dir(), "checkpoints")
@@ -256,6 +294,8 @@ class Trainer:
         try:
             return self._run()
         finally:
+            if self._watchdog is not None:
+                self._watchdog.stop()
             self._lock.unlock()
 
     def _run(self) -> dict[str, Any]:
@@ -282,14 +322,15 @@ class Trainer:
         ]
         steps_per_epoch = max(1, len(self.data.x_train) // c.batch_size)
         iterator, preemption, t, stop, latest = self._iterator(start), _SigtermFlag(), start, False, {}
-        restart = self._restart_step()
         try:
             for step in range(start, total):
-                if step == restart:
-                    self._restart_main_network()
+                if self.restart.due_before(step):
+                    self.restart.apply(step)
                 if step % steps_per_epoch == 0:  # where the "last epoch" window of the final table starts
                     self.epoch_start.assign(tf.concat([self.loss.totals, [float(step)]], axis=0))
                 latest.update(self._steps[step % c.decision.every == 0](iterator))  # keeps the last decision's
+                if self._watchdog is not None:  # the first step ran its collectives: every peer is there
+                    self._watchdog.stop()
                 t = step + 1
                 stop = any([action(t, t == total, latest) for action in actions])
                 if stop or preemption.raised:
@@ -303,22 +344,6 @@ class Trainer:
             writer.close()
             return {"preempted": True, "step": t}
         return self._finish(writer, t)
-
-    def _restart_step(self) -> int:
-        """The step at which the main network restarts (-1: never); see ``config.decision.restart_fraction``."""
-        fraction = self.config.decision.restart_fraction
-        return round(fraction * self.config.num_train_steps) if fraction and self.loss.decision_variables else -1
-
-    def _restart_main_network(self) -> None:
-        """Fresh main weights and main-optimizer state; the decision network keeps what it learned."""
-        logging.info("Restarting the main network at step %d with the learned decision.", self.step)
-        keras.utils.set_random_seed(self.config.seed + 1)
-        with self.strategy.scope():
-            fresh = self._create_model()
-        for variable, value in zip(self.model.variables, fresh.variables, strict=True):
-            variable.assign(value)
-        for variable in self.main_optimizer.variables:
-            variable.assign(tf.zeros_like(variable))
 
     def _save(self, step: int, metrics: dict) -> None:
         del metrics
@@ -350,6 +375,8 @@ class Trainer:
         if progress.steps:
             heatmap = summaries.selection_heatmap_png(self.loss.names, progress.steps, np.stack(progress.probabilities))
             writer.image_png(step, "slf/selection_heatmap", heatmap)
+        if self.restart.due_after_evaluation(step):
+            self.restart.apply(step)
         if self._patience_exhausted(step):
             logging.info(
                 "Early stopping at step %d: %s has not improved for %d evaluations.",
@@ -383,6 +410,7 @@ class Trainer:
             "test": test,
             "best": self.checkpointer.best(),
             "stopped_early": step < self.config.num_train_steps,
+            "restarted_at": int(self.restart.restarted_at.numpy()),
             "decision": self._last_epoch_choice(),
             "strategy": self.loss.strategy,
         }
