@@ -185,3 +185,9 @@ def test_saved_model_in_a_fresh_process_needs_only_the_import(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["StochasticLoss", "10"]
+
+
+def test_the_old_callback_signature_says_what_changed():
+    (x, y), val, _ = _digits()
+    with pytest.raises(ValueError, match="takes the loss from the compiled model now"):
+        slf_tf.callbacks.DecisionUpdate(slf_tf.StochasticLoss(BAG), (x, y), val)
