@@ -67,6 +67,13 @@ def _validation_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+def _one_replica(value: Any) -> Any:
+    """This process's first replica's part of a distributed value (the value itself otherwise)."""
+    if isinstance(value, tf.distribute.DistributedValues):
+        return value.values[0]
+    return value
+
+
 @keras.saving.register_keras_serializable(package="slf_tf")
 class SLFModel(keras.Model):
     """Wraps a model so that ``fit`` trains it with a combined loss and that loss's decision network.
@@ -163,7 +170,31 @@ class SLFModel(keras.Model):
         logs.update(self.loss.decision_summary())  # the decision, in the progress bar, History and TensorBoard
         if "hypergrad_norm" in result.metrics:
             logs["slf_hypergrad_norm"] = result.metrics["hypergrad_norm"]
-        return logs
+        return self._reducible(logs)
+
+    def test_step(self, data):
+        return self._reducible(super().test_step(data))
+
+    def _reducible(self, logs: dict[str, Any]) -> dict[str, Any]:
+        """Logs Keras can reduce across workers: under MultiWorkerMirroredStrategy Keras 3 reduces every log
+        with ``reduce("MEAN", v, axis=0)``, which fails on scalars (tensorflow/tensorflow#72388)."""
+        strategy = self.distribute_strategy
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+            strategy.extended._in_multi_worker_mode()
+        )
+        if not multi_worker:
+            return logs
+        return {k: tf.reshape(v, [1]) if tf.convert_to_tensor(v).shape.rank == 0 else v for k, v in logs.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 builds from a batch it gets with strategy.reduce("MEAN", (x, y)), which
+        # MultiWorkerMirroredStrategy cannot reduce (a tuple of PerReplica); one replica's batch has the shapes.
+        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
+            for _, _, it in iterator:
+                data_batch = tf.nest.map_structure(_one_replica, next(it))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def make_train_function(self, force: bool = False):
         """Builds the step (both optimizers) before any trace; with ``every > 1``, two traced train functions

@@ -29,8 +29,9 @@ def main() -> None:
         loss = slf_tf.StochasticLoss(["cross_entropy", "focal(gamma=2.0)", "mae"], k=2, seed=0)
         model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss)
     data = tf.data.Dataset.from_tensor_slices((x[:512], y[:512])).batch(64)
-    history = model.fit(data, epochs=2, verbose=0).history
-    print(json.dumps({"loss": history["loss"], "decision": [np.asarray(v).tolist() for v in loss.decision_variables]}))
+    val = tf.data.Dataset.from_tensor_slices((x[1256:1384], y[1256:1384])).batch(64)
+    history = model.fit(data, epochs=2, verbose=0, validation_data=val).history
+    print(json.dumps({"loss": history["loss"], "val_loss": history["val_loss"], "decision": [np.asarray(v).tolist() for v in loss.decision_variables]}))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ every ``checkpoint_every_steps``; a checkpoint and a clean exit on SIGTERM.
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import json
 import math
 import os
@@ -89,7 +90,11 @@ class _SigtermFlag:
 
 
 class _PeerWatchdog:
-    """Logs what a multi-worker run waits for (its peers) and aborts after ``timeout_s`` (0: wait forever)."""
+    """Says what a multi-worker run waits for (its peers) and ends the process after ``timeout_s`` (0: never).
+
+    TensorFlow holds the GIL while it waits for the cluster, so no Python thread can run then: the
+    deadline is ``faulthandler``'s C watchdog, which dumps where the process waited and exits with status 1.
+    """
 
     def __init__(self, timeout_s: float, every_s: float = 30.0):
         self.timeout_s, self.every_s = timeout_s, every_s
@@ -97,22 +102,25 @@ class _PeerWatchdog:
         self._start = time.time()
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
         self._peers = ", ".join(f"{k}: {v}" for k, v in cluster.items())
+        if timeout_s:
+            logging.info(
+                "Waiting for the multi-worker cluster (%s). If it is not up within multi_worker_timeout_s=%.0f s "
+                "this process exits with status 1 after a stack dump: is every worker started, with the same "
+                "TF_CONFIG cluster and its own task index?",
+                self._peers,
+                timeout_s,
+            )
+            faulthandler.dump_traceback_later(timeout_s, exit=True)
         threading.Thread(target=self._watch, daemon=True, name="peer-watchdog").start()
 
-    def _watch(self) -> None:
+    def _watch(self) -> None:  # runs whenever TensorFlow lets go of the GIL (e.g. during the first step)
         while not self._done.wait(self.every_s):
             waited = time.time() - self._start
             logging.warning("Still waiting for the multi-worker cluster (%s) after %.0f s.", self._peers, waited)
-            if self.timeout_s and waited >= self.timeout_s:
-                logging.error(
-                    "The cluster (%s) did not come up within multi_worker_timeout_s=%.0f s: is every worker "
-                    "started, with the same TF_CONFIG cluster and its own task index? Aborting.",
-                    self._peers,
-                    self.timeout_s,
-                )
-                os._exit(3)
 
     def stop(self) -> None:
+        if not self._done.is_set() and self.timeout_s:
+            faulthandler.cancel_dump_traceback_later()
         self._done.set()
 
 
