@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.decision.hidden_units = 32  # width of the state network
     config.decision.every = 1  # update the decision network every n steps
     config.decision.lookahead_lr = 0.05  # eta of the sgd virtual step
-    config.decision.virtual_step = "sgd"  # sgd (w - eta g) | optimizer (the main optimizer's step sizes)
+    config.decision.virtual_step = "optimizer"  # optimizer (the main optimizer's step sizes) | sgd (w - eta g)
     config.decision.method = "exact"  # exact | finite_difference
     config.decision.optimizer = "adam"
     config.decision.learning_rate = 0.02
@@ -105,7 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Restart mode: retrain the main network with the decision learned so far, once, within the same
     # budget: at this fraction of the steps (0: off), or at the first evaluation where the decision's
     # largest expected coefficient reaches restart_at_commitment (0: off; only in the first half).
-    config.decision.restart_fraction = 0.0
+    config.decision.restart_fraction = 0.4
     config.decision.restart_at_commitment = 0.0
     config.decision.restart_from = "init"  # init (fresh weights) | best (the best-validation checkpoint)
 

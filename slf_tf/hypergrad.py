@@ -41,6 +41,7 @@ __all__ = [
     "TrainForward",
     "VirtualStep",
     "check_method",
+    "check_preconditioned",
     "lookahead",
     "main_gradient",
     "preconditioned_step",
@@ -96,6 +97,18 @@ def sgd_step(learning_rate: float, num_variables: int) -> VirtualStep:
     return VirtualStep([tf.constant(learning_rate, tf.float32)] * num_variables)
 
 
+def check_preconditioned(optimizer: keras.optimizers.Optimizer) -> None:
+    """Raises early unless :func:`preconditioned_step` knows this optimizer's step sizes."""
+    opt = getattr(optimizer, "inner_optimizer", optimizer)  # unwrap a LossScaleOptimizer
+    if not isinstance(
+        opt, keras.optimizers.SGD | keras.optimizers.Adam | keras.optimizers.AdamW | keras.optimizers.RMSprop
+    ):
+        raise ValueError(
+            f"virtual_step='optimizer' (the default) supports SGD, Adam, AdamW and RMSprop; got "
+            f"{type(opt).__name__}. Use virtual_step='sgd' (the step w - lookahead_lr * g) with this optimizer."
+        )
+
+
 def preconditioned_step(optimizer: keras.optimizers.Optimizer, variables: Sequence, grads: Sequence) -> VirtualStep:
     """The step the main optimizer will take along a gradient, linearised: its per-weight step sizes.
 
@@ -105,6 +118,7 @@ def preconditioned_step(optimizer: keras.optimizers.Optimizer, variables: Sequen
     carries a gradient over later steps with total weight 1, so the scale is the
     optimizer's whole response to this step's gradient, not its first share.
     """
+    check_preconditioned(optimizer)
     opt = getattr(optimizer, "inner_optimizer", optimizer)  # unwrap a LossScaleOptimizer
     lr = tf.cast(opt._get_current_learning_rate(), tf.float32)
     grads = [tf.stop_gradient(tf.cast(g, tf.float32)) for g in grads]
@@ -119,17 +133,12 @@ def preconditioned_step(optimizer: keras.optimizers.Optimizer, variables: Sequen
             v_new = opt.beta_2 * tf.cast(v, tf.float32) + (1.0 - opt.beta_2) * tf.square(g)
             scales.append(lr / (tf.sqrt(v_new / correction) + opt.epsilon))
         return VirtualStep(scales)
-    if isinstance(opt, keras.optimizers.RMSprop):
-        scales = []
-        for var, g in zip(variables, grads, strict=True):
-            v = tf.convert_to_tensor(opt._velocities[opt._get_variable_index(var)])
-            v_new = opt.rho * tf.cast(v, tf.float32) + (1.0 - opt.rho) * tf.square(g)
-            scales.append(lr / (tf.sqrt(v_new) + opt.epsilon))
-        return VirtualStep(scales)
-    raise ValueError(
-        f"virtual_step='optimizer' supports SGD, Adam, AdamW and RMSprop; got {type(opt).__name__}. "
-        "Use virtual_step='sgd'."
-    )
+    scales = []  # RMSprop
+    for var, g in zip(variables, grads, strict=True):
+        v = tf.convert_to_tensor(opt._velocities[opt._get_variable_index(var)])
+        v_new = opt.rho * tf.cast(v, tf.float32) + (1.0 - opt.rho) * tf.square(g)
+        scales.append(lr / (tf.sqrt(v_new) + opt.epsilon))
+    return VirtualStep(scales)
 
 
 def _forward_and_gradient(forward_fn: ForwardFn, weights, coefficients) -> tuple[TrainForward, list]:

@@ -42,8 +42,9 @@ class DecisionSettings:
     Attributes:
       every: update the decision network every n main steps.
       lookahead_lr: eta of the SGD virtual step.
-      virtual_step: ``sgd`` (``w' = w - eta g``) or ``optimizer`` (the main
-        optimizer's own per-weight step sizes, :func:`slf_tf.hypergrad.preconditioned_step`).
+      virtual_step: ``optimizer`` (the main optimizer's own per-weight step sizes,
+        :func:`slf_tf.hypergrad.preconditioned_step`; SGD, Adam, AdamW, RMSprop) or
+        ``sgd`` (``w' = w - lookahead_lr * g``, any optimizer).
       method: ``exact`` or ``finite_difference``.
       entropy_weight: weight of an entropy bonus on the selection distribution.
       fd_epsilon: the finite-difference step, relative to the direction's norm.
@@ -51,7 +52,7 @@ class DecisionSettings:
 
     every: int = 1
     lookahead_lr: float = 0.05
-    virtual_step: str = "sgd"
+    virtual_step: str = "optimizer"
     method: str = "exact"
     entropy_weight: float = 0.0
     fd_epsilon: float = 1e-3
@@ -211,6 +212,8 @@ class TrainStep:
         # Built before the first trace: built lazily they retrace, and the mirrored step then fails.
         if not main_optimizer.built:
             main_optimizer.build(model.trainable_variables)
+        if loss.needs_lookahead and settings.virtual_step == "optimizer":
+            hypergrad.check_preconditioned(main_optimizer)
         if loss.decision_variables and not decision_optimizer.built:
             decision_optimizer.build(loss.decision_variables)
 

@@ -93,6 +93,17 @@ def test_wiring_errors_say_what_to_do():
         slf_tf.SLFModel(_network(), val, virtual_step="adam")
 
 
+def test_the_optimizer_virtual_step_needs_an_optimizer_it_knows():
+    (x, y), val, _ = _digits()
+    model = slf_tf.SLFModel(_network(), val, val_batch_size=64)  # virtual_step="optimizer", the default
+    model.compile(optimizer=keras.optimizers.Nadam(3e-3), loss=slf_tf.StochasticLoss(BAG, k=2, seed=0))
+    with pytest.raises(ValueError, match=r"supports SGD, Adam, AdamW and RMSprop; got Nadam. Use virtual_step='sgd'"):
+        model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0)
+    model = slf_tf.SLFModel(_network(), val, val_batch_size=64, virtual_step="sgd")
+    model.compile(optimizer=keras.optimizers.Nadam(3e-3), loss=slf_tf.StochasticLoss(BAG, k=2, seed=0))
+    assert np.isfinite(model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0).history["loss"][0])
+
+
 def test_validation_data_from_a_batched_dataset():
     _, (xv, yv), _ = _digits()
     model = slf_tf.SLFModel(_network(), tf.data.Dataset.from_tensor_slices((xv, yv)).batch(32))

@@ -31,7 +31,8 @@ def main() -> None:
     data = tf.data.Dataset.from_tensor_slices((x[:512], y[:512])).batch(64)
     val = tf.data.Dataset.from_tensor_slices((x[1256:1384], y[1256:1384])).batch(64)
     history = model.fit(data, epochs=2, verbose=0, validation_data=val).history
-    print(json.dumps({"loss": history["loss"], "val_loss": history["val_loss"], "decision": [np.asarray(v).tolist() for v in loss.decision_variables]}))
+    decision = [np.asarray(v).tolist() for v in loss.decision_variables]
+    print(json.dumps({"loss": history["loss"], "val_loss": history["val_loss"], "decision": decision}))
 
 
 if __name__ == "__main__":

@@ -250,7 +250,10 @@ def test_lost_checkpoint_state_file_resumes_from_the_files(tmp_path):
 
 @pytest.mark.parametrize(
     "overrides,at",
-    [({"decision.restart_fraction": 0.5}, 10), ({"decision.restart_at_commitment": 0.01}, 10)],
+    [
+        ({"decision.restart_fraction": 0.5}, 10),
+        ({"decision.restart_fraction": 0.0, "decision.restart_at_commitment": 0.01}, 10),
+    ],
     ids=["fraction", "commitment"],
 )
 def test_restart_retrains_the_main_network_once_with_the_learned_decision(tmp_path, overrides, at):
@@ -274,3 +277,9 @@ def test_restart_retrains_the_main_network_once_with_the_learned_decision(tmp_pa
     assert float(trainer.main_optimizer.learning_rate.numpy()) == pytest.approx(1e-3)  # not reset
     assert int(trainer.main_optimizer.iterations.numpy()) == 20 - at  # reset at the restart
     assert Trainer(_config(**overrides), str(tmp_path)).run()["restarted_at"] == at  # recorded in the checkpoint
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "fixed"])
+def test_strategies_not_learned_by_the_hypergradient_never_restart(tmp_path, strategy):
+    overrides = {"loss.strategy": strategy, "decision.restart_fraction": 0.5}
+    assert Trainer(_config(**overrides), str(tmp_path)).run()["restarted_at"] == -1

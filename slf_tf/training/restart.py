@@ -9,7 +9,9 @@ coefficient reaches ``decision.restart_at_commitment``, if that happens in the
 first half of the budget. The main network restarts from fresh weights
 (``restart_from="init"``) or from the best-validation checkpoint (``"best"``),
 with a fresh main optimizer or that checkpoint's; the decision network goes on.
-It happens at most once per run, and the total budget does not change.
+It happens at most once per run, and the total budget does not change. Strategies
+whose weights are not learned by the hypergradient (fixed, uniform, random,
+uncertainty, softadapt) never restart.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Restart:
         self.trainer = trainer
         d = trainer.config.decision
         self.fraction, self.commitment, self.source = d.restart_fraction, d.restart_at_commitment, d.restart_from
-        self.enabled = bool(trainer.loss.decision_variables) and bool(self.fraction or self.commitment)
+        # Only a decision learned from the validation hypergradient (slf, softmax) is worth a restart.
+        self.enabled = trainer.loss.needs_lookahead and bool(self.fraction or self.commitment)
         self.restarted_at = tf.Variable(-1, dtype=tf.int64, trainable=False, name="restarted_at")
 
     @property
