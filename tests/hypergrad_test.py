@@ -105,8 +105,10 @@ def _float64_decision(loss):
 
 
 def _decision_gradient(model, loss, x, y, xv, yv, step=0, **settings):
-    """The decision gradient the training step applies, read off one plain-SGD decision update (lr 1)."""
+    """The decision gradient the training step applies, read off one plain-SGD decision update (lr 1),
+    with the SGD virtual step w - ETA g (the brute force's)."""
     sgd = keras.optimizers.SGD(1.0)
+    settings = {"virtual_step": "sgd", **settings}
     trainer_step = train_step.TrainStep(
         model, loss, keras.optimizers.SGD(0.0), sgd, train_step.DecisionSettings(lookahead_lr=ETA, **settings)
     )

@@ -51,7 +51,8 @@ def test_exploding_candidate_is_masked_and_counted(tmp_path):
 
 
 def test_all_candidates_non_finite_skips_every_step(tmp_path):
-    trainer = Trainer(_config(**{"loss.candidates": ("always_nan",), "loss.k": 1}), str(tmp_path))
+    overrides = {"loss.candidates": ("always_nan",), "loss.k": 1, "decision.restart_fraction": 0.0}  # no re-init
+    trainer = Trainer(_config(**overrides), str(tmp_path))
     before = [v.numpy().copy() for v in trainer.model.trainable_variables]
     trainer.run()
     assert int(trainer.loss.skipped_steps.numpy()) == 20
