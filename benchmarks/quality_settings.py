@@ -118,14 +118,9 @@ def strategies(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
 
 def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
     """A copy of ``config`` with dotted ``overrides`` (``{"decision.every": 2}``)."""
-    c = config.copy_and_resolve_references()
-    for key, value in overrides.items():
-        node = c
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return c
+    from slf_tf.training.config_checks import with_overrides
+
+    return with_overrides(config, overrides)
 
 
 def run_job(setting: str, strategy: dict[str, Any], seed: int, mnist_dir: str = "") -> dict[str, Any]:

@@ -16,7 +16,7 @@ from slf_tf import losses, models, selection
 from slf_tf.stochastic_loss import STRATEGIES
 from slf_tf.training import factories, restart
 
-__all__ = ["RENAMED", "validate_config"]
+__all__ = ["RENAMED", "validate_config", "with_overrides"]
 
 # Fields that were renamed: the old name in a config gets an error naming the new one.
 RENAMED = {
@@ -74,6 +74,15 @@ def _get(config, path: str) -> Any:
     for part in path.split("."):
         node = node[part]
     return node
+
+
+def with_overrides(config, overrides: dict[str, Any]):
+    """A copy of ``config`` with dotted ``overrides`` set (``{"decision.every": 2}``), as on the command line."""
+    c = config.copy_and_resolve_references()
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        (_get(c, ".".join(path)) if path else c)[leaf] = value
+    return c
 
 
 def _has(config, path: str) -> bool:
