@@ -235,7 +235,8 @@ def report(rows: list[dict]) -> tuple[str, dict]:
             "oracle": oracle,
             "goals": goals,
         }
-    texts.insert(0, overview(summary, slf="slf") + "\n")
+    variants = sorted({k for sm in summary.values() for k in sm["best"] if k.startswith("slf_")})
+    texts.insert(0, "\n\n".join(overview(summary, slf=name) for name in ["slf", *variants]) + "\n")
     if beats_oracle:
         share = sum(beats_oracle) / len(beats_oracle)
         status = "met" if share >= 0.5 else "MISSED"

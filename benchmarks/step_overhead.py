@@ -5,7 +5,8 @@ Models: the MLP on digits (64 features) and the small CNN on MNIST-shaped inputs
 (synthetic 28x28 images, 10 classes), batch 128. Variants, interleaved per round:
   ce            a plain tf.function step: forward, cross-entropy, Adam
   bag_frozen    the trainer's step with the bag of 6 candidates, decision network frozen
-  exact_every1  + the exact hypergradient every step
+  exact_every1  + the exact hypergradient every step (the default optimizer-aware virtual step)
+  exact_sgd_every1  the same with the SGD virtual step w - eta g
   fd_every1     + the finite-difference hypergradient every step
   exact_every10 + the exact hypergradient every 10 steps (mean over the 10-step cycle)
 and Keras' fit, each against a plain cross-entropy fit of the same model: keras_slf_model
@@ -54,8 +55,9 @@ def _synthetic_mnist(n: int = 4096) -> data_lib.Dataset:
     )
 
 
-def _config(model: str, method: str = "exact", decision_every: int = 1):
+def _config(model: str, method: str = "exact", decision_every: int = 1, virtual_step: str = "optimizer"):
     c = digits_config.get_config()
+    c.decision.virtual_step = virtual_step
     c.model.name = model
     c.batch_size = BATCH
     c.num_train_steps = 10**6
@@ -140,6 +142,7 @@ def _measure(model_name: str, dataset, rounds: int, steps: int):
         _plain_ce(model_name, dataset),
         _trainer_variant("bag_frozen", _config(model_name), dataset, None),
         _trainer_variant("exact_every1", _config(model_name, "exact", 1), dataset, 1),
+        _trainer_variant("exact_sgd_every1", _config(model_name, "exact", 1, "sgd"), dataset, 1),
         _trainer_variant("fd_every1", _config(model_name, "finite_difference", 1), dataset, 1),
         _trainer_variant("exact_every10", _config(model_name, "exact", 10), dataset, 10),
     ]

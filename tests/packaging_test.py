@@ -54,5 +54,7 @@ def test_build_file_covers_every_module_test_and_trainer():
                 rf'py_test\(\n    name = "{f[:-3]}",\n    size = "(small|medium|large|enormous)"', build
             ), f
     assert 'glob(["slf_tf/experiments/*.py"])' in build
+    names = re.findall(r'^    name = "([^"]+)"', build, flags=re.M)
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})  # Bazel refuses duplicates
     for trainer in ("classify", "regress", "gumbel_demo", "ils_toy", "gumbel_gan", "k_sweep", "categorical_vae"):
         assert f'py_binary(\n    name = "{trainer}"' in build
