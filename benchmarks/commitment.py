@@ -20,8 +20,7 @@ from typing import Any
 
 from absl import app, flags
 
-from benchmarks import quality
-from benchmarks.quality_settings import SETTINGS, apply
+from benchmarks.quality_settings import SETTINGS, apply, parse_variants
 
 _SETTINGS = flags.DEFINE_list("settings", None, "Settings (default: all available).")
 _SEED = flags.DEFINE_integer("seed", 10, "The seed (a development seed: the reported ones are 0-4).")
@@ -78,7 +77,7 @@ def main(argv):
     chosen = _SETTINGS.value or [
         s for s, (_, _, mnist) in SETTINGS.items() if (_MNIST_DIR.value or not mnist) and s != "diabetes_out10"
     ]
-    variant = quality.parse_variants(f"variant:{_VARIANT.value}")["variant"]
+    variant = parse_variants(f"variant:{_VARIANT.value}")["variant"]
     lines = [
         "| setting | steps | CE's best val (damage after) | CE val: best -> last | SLF commits to (defaults) "
         "| SLF test (defaults) | SLF commits to (variant) | SLF test (variant) |",

@@ -25,7 +25,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import ast  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import time  # noqa: E402
@@ -35,7 +34,7 @@ import scipy.stats  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.quality_settings import SETTINGS, run_job, strategies  # noqa: E402
+from benchmarks.quality_settings import SETTINGS, parse_variants, run_job, strategies  # noqa: E402
 
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per setting (first_seed .. first_seed + n - 1).")
 _FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first seed (use other seeds to develop than to report).")
@@ -47,22 +46,6 @@ _WORKERS = flags.DEFINE_integer("workers", 1, "Parallel worker processes (each s
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Where <name>.jsonl / .md / .json go.")
 _NAME = flags.DEFINE_string("name", "quality", "Output file stem.")
 _RENDER = flags.DEFINE_bool("render", False, "Only rebuild the table and goals from <out>/<name>.jsonl.")
-
-
-def parse_variants(text: str) -> dict[str, dict]:
-    """``"a:decision.every=2,loss.k=2;b:..."`` -> ``{"a": {"loss.strategy": "slf", "decision.every": 2, ...}}``."""
-    out = {}
-    for item in filter(None, (t.strip() for t in text.split(";"))):
-        name, _, body = item.partition(":")
-        overrides = {"loss.strategy": "slf"}
-        for pair in filter(None, body.split(",")):
-            key, _, value = pair.partition("=")
-            try:
-                overrides[key.strip()] = ast.literal_eval(value.strip())
-            except (ValueError, SyntaxError):
-                overrides[key.strip()] = value.strip()
-        out[name.strip()] = overrides
-    return out
 
 
 def _init_worker(workers: int) -> None:

@@ -9,6 +9,7 @@ best checkpoint's validation and test metrics with the wall-clock time.
 
 from __future__ import annotations
 
+import ast
 import tempfile
 import time
 from collections.abc import Callable
@@ -121,6 +122,22 @@ def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_co
     from slf_tf.training.config_checks import with_overrides
 
     return with_overrides(config, overrides)
+
+
+def parse_variants(text: str) -> dict[str, dict]:
+    """``"a:decision.every=2,loss.k=2;b:..."`` -> ``{"a": {"loss.strategy": "slf", "decision.every": 2, ...}}``."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(";"))):
+        name, _, body = item.partition(":")
+        overrides = {"loss.strategy": "slf"}
+        for pair in filter(None, body.split(",")):
+            key, _, value = pair.partition("=")
+            try:
+                overrides[key.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                overrides[key.strip()] = value.strip()
+        out[name.strip()] = overrides
+    return out
 
 
 def run_job(setting: str, strategy: dict[str, Any], seed: int, mnist_dir: str = "") -> dict[str, Any]:
