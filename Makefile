@@ -36,7 +36,7 @@ format: $(STAMP)
 
 # Benchmarks print a table and write JSON + Markdown to benchmarks/results/.
 # `make bench` is the fast subset (< 10 min on 2 cores); `make bench-full` runs everything
-# (~1 hour; add MNIST_DIR=/path/to/mnist-idx for the MNIST setting).
+# (~1.5 hours; add MNIST_DIR=/path/to/mnist-idx for the MNIST settings).
 MNIST_DIR ?=
 
 bench: $(STAMP)
@@ -47,7 +47,9 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	$(PY) -m benchmarks.sampler --rounds 30
 	$(PY) -m benchmarks.step_overhead --rounds 15
-	$(PY) -m benchmarks.quality --seeds 5 --workers 2 --mnist_dir "$(MNIST_DIR)"
+	$(PY) -m benchmarks.quality --seeds 5 --workers 2 --mnist_dir "$(MNIST_DIR)" \
+		--variants "slf_before:decision.restart_fraction=0,decision.virtual_step=sgd"
+	$(PY) -m benchmarks.commitment
 
 # Bazel (offline: see third_party/bazel/README.md). Installs Debian's bazel-bootstrap 4.2.3 if missing.
 bazel-test: $(STAMP)

@@ -20,6 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.distribution = "default"  # tf.distribute: default | mirrored | multi_worker
     config.multi_worker_timeout_s = 600  # multi_worker: abort if the cluster is not up by then (0: wait forever)
     config.deterministic = False  # TF op determinism (slower; bitwise-reproducible on CPU)
+    # XLA for the training step (distribution="default" only): 15-18% faster for this MLP on a 2-core CPU,
+    # 17-33% slower for the small CNN. Its stateless RNG draws other (equally distributed) samples than a
+    # run without XLA; labels are checked when the data is read, not in the compiled step.
+    config.jit_compile = False
     config.mixed_precision = ""  # "" (float32) | "mixed_bfloat16" | "mixed_float16": the main network only
 
     # Durations (steps).

@@ -283,3 +283,26 @@ def test_restart_retrains_the_main_network_once_with_the_learned_decision(tmp_pa
 def test_strategies_not_learned_by_the_hypergradient_never_restart(tmp_path, strategy):
     overrides = {"loss.strategy": strategy, "decision.restart_fraction": 0.5}
     assert Trainer(_config(**overrides), str(tmp_path)).run()["restarted_at"] == -1
+
+
+def test_jit_compile_runs_the_same_step_under_xla(tmp_path):
+    # Without sampling (uniform weights) the compiled step does the same arithmetic as the plain one.
+    plain = Trainer(_config(**{"loss.strategy": "uniform"}), str(tmp_path / "plain"))
+    plain.run()
+    xla = Trainer(_config(jit_compile=True, **{"loss.strategy": "uniform"}), str(tmp_path / "xla"))
+    xla.run()
+    for a, b in zip(_final_weights(plain), _final_weights(xla), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # With SLF, XLA's stateless RNG draws other (equally distributed) samples: an XLA run repeats itself.
+    first = Trainer(_config(jit_compile=True), str(tmp_path / "slf1"))
+    first.run()
+    second = Trainer(_config(jit_compile=True), str(tmp_path / "slf2"))
+    second.run()
+    for a, b in zip(_final_weights(first), _final_weights(second), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first._steps[True].experimental_get_tracing_count() == 1
+
+
+def test_jit_compile_refuses_a_distribution():
+    with pytest.raises(ValueError, match="jit_compile=True runs with distribution='default' only"):
+        Trainer(_config(jit_compile=True, distribution="mirrored"), "/nonexistent/never/created")

@@ -148,6 +148,13 @@ def _check_names(config, task: str) -> None:
         raise ValueError(
             f"Unknown mixed_precision {config.mixed_precision!r}; known: ['', 'mixed_bfloat16', 'mixed_float16']."
         )
+    if config.get("jit_compile", False) not in (True, False):
+        raise ValueError(f"jit_compile must be True or False; got {config.jit_compile!r}.")
+    if config.get("jit_compile", False) and config.distribution != "default":
+        raise ValueError(
+            f"jit_compile=True runs with distribution='default' only (got {config.distribution!r}): XLA does not "
+            "compile the step's cross-replica sums on CPU. Use one or the other."
+        )
     if config.best_metric not in factories.BEST_METRICS:
         raise ValueError(f"Unknown best_metric {config.best_metric!r}; known: {list(factories.BEST_METRICS)}.")
     factories.best_metric(config, task)

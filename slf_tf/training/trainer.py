@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import faulthandler
+import functools
 import json
 import math
 import os
@@ -251,11 +252,13 @@ class Trainer:
             keras.config.set_dtype_policy(previous_policy)
 
     def _distributed_step(self, update_decision: bool):
+        replica_step = functools.partial(self.train_step, update_decision=update_decision)
+        if self.config.get("jit_compile", False):  # XLA: faster for small MLPs on CPU, slower for the CNN
+            replica_step = tf.function(replica_step, jit_compile=True)
+
         def step_fn(iterator):
             step, x, y, x_val, y_val = next(iterator)
-            out = self.strategy.run(
-                self.train_step, args=(step, x, y, x_val, y_val), kwargs={"update_decision": update_decision}
-            )
+            out = self.strategy.run(replica_step, args=(step, x, y, x_val, y_val))
             return {k: self.strategy.experimental_local_results(v)[0] for k, v in out.metrics.items()}  # global
 
         return step_fn

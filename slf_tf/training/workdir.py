@@ -41,6 +41,7 @@ RESUMABLE = frozenset(
         "export",
         "distribution",
         "deterministic",
+        "jit_compile",
         "data.data_dir",
     }
 )
