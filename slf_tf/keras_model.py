@@ -114,6 +114,8 @@ class SLFModel(keras.Model):
         self.decision_optimizer = decision_optimizer  # made (or re-made) under the strategy before the first step
         self._step: TrainStep | None = None
         self._update_decision = True
+        if network.built:  # no weights of its own: built when the network is (BackupAndRestore checks it)
+            self.built = True
 
     def call(self, x, training=False):
         return self.network(x, training=training)
@@ -123,6 +125,9 @@ class SLFModel(keras.Model):
             raise ValueError(f"SLFModel.compile needs a slf_tf combined loss (e.g. StochasticLoss); got {loss!r}.")
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
         self._step = None
+        # The loss's state (step: the temperature schedule and the per-step seeds) as the model's own
+        # non-trainable weights, so that save_weights / BackupAndRestore keep it with the networks.
+        self.loss_state = list(loss.state_variables)
 
     def _train_step_fn(self) -> TrainStep:
         if self._validation is None and self.loss.needs_lookahead:

@@ -115,3 +115,43 @@ def test_config_round_trip_keeps_settings_not_data():
     clone = slf_tf.SLFModel.from_config(model.get_config())
     assert clone.settings == model.settings and clone.val_batch_size == 64
     assert clone._validation is None
+
+
+def test_backup_and_restore_resumes_both_networks_and_the_loss_state(tmp_path):
+    (x, y), _, _ = _digits()
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("preempted")
+
+    model, loss = _model()
+    with pytest.raises(RuntimeError, match="preempted"):
+        model.fit(
+            x[:256],
+            y[:256],
+            batch_size=64,
+            epochs=4,
+            verbose=0,
+            callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), Interrupt()],
+        )
+    saved = int(loss.step.numpy()), [v.numpy().copy() for v in loss.decision_variables]
+    resumed, resumed_loss = _model()
+    seen = {}
+
+    class Peek(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.setdefault("step", int(resumed_loss.step.numpy()))
+            seen.setdefault("decision", [v.numpy().copy() for v in resumed_loss.decision_variables])
+
+    resumed.fit(
+        x[:256],
+        y[:256],
+        batch_size=64,
+        epochs=4,
+        verbose=0,
+        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path)), Peek()],
+    )
+    assert seen["step"] == saved[0] == 8  # two epochs of 4 batches: the schedule and the seeds go on
+    for a, b in zip(seen["decision"], saved[1], strict=True):
+        np.testing.assert_array_equal(a, b)
