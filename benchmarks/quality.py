@@ -34,7 +34,7 @@ import scipy.stats  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.quality_settings import SETTINGS, parse_variants, run_job, strategies  # noqa: E402
+from benchmarks.quality_settings import PEERS_ONLY, SETTINGS, available, parse_variants, run_job, strategies  # noqa: E402
 
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per setting (first_seed .. first_seed + n - 1).")
 _FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first seed (use other seeds to develop than to report).")
@@ -77,16 +77,20 @@ def _job(args):
 
 
 def _jobs(done: set) -> list[tuple]:
-    available = {k: v for k, v in SETTINGS.items() if _MNIST_DIR.value or not v[2]}
-    chosen = _SETTINGS.value or list(available)
-    unknown = sorted(set(chosen) - set(available))
+    here = available(_MNIST_DIR.value)
+    chosen = _SETTINGS.value or list(here)
+    unknown = sorted(set(chosen) - set(here))
     if unknown:
-        raise app.UsageError(f"Unknown or unavailable settings {unknown}; available: {sorted(available)}")
+        raise app.UsageError(
+            f"Unknown or unavailable settings {unknown}; available: {sorted(here)} (MNIST settings need "
+            "--mnist_dir; Fashion-MNIST ones `apt-get install dataset-fashion-mnist`)."
+        )
     jobs = []
     seeds = range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value)
     for seed in seeds:  # seeds outermost: a partial run still compares like with like
         for setting in chosen:
-            table = {**strategies(SETTINGS[setting][0](_MNIST_DIR.value)), **parse_variants(_VARIANTS.value)}
+            config = SETTINGS[setting][0](_MNIST_DIR.value)
+            table = {**strategies(config, setting in PEERS_ONLY), **parse_variants(_VARIANTS.value)}
             wanted = _STRATEGIES.value
             for name, overrides in table.items():
                 if wanted and name not in wanted and not ("fixed" in wanted and name.startswith("fixed:")):

@@ -10,6 +10,7 @@ best checkpoint's validation and test metrics with the wall-clock time.
 from __future__ import annotations
 
 import ast
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,17 +19,31 @@ from typing import Any
 import ml_collections
 
 from configs import diabetes_outliers, digits
+from slf_tf import data as data_lib
 
 # Setting name -> (config factory, noisy?, needs MNIST?).
 SETTINGS: dict[str, tuple[Callable[[str], ml_collections.ConfigDict], bool, bool]] = {}
+# Settings whose rows are the peers only (CE and the sweep, the oracle, l2rw, meta_weight_net, slf, joint):
+# the larger ones, where every run costs minutes.
+PEERS_ONLY: set[str] = set()
+PEER_STRATEGIES = ("l2rw", "meta_weight_net", "slf", "joint")
+FASHION_MNIST_DIR = data_lib.IDX_DATASETS["fashion_mnist"][1]
 
 
-def _setting(name: str, noisy: bool, mnist: bool = False):
+def _setting(name: str, noisy: bool, mnist: bool = False, peers_only: bool = False):
     def register(factory):
         SETTINGS[name] = (factory, noisy, mnist)
+        if peers_only:
+            PEERS_ONLY.add(name)
         return factory
 
     return register
+
+
+def available(mnist_dir: str) -> dict[str, tuple]:
+    """The settings whose data is here: MNIST ones with ``mnist_dir``, Fashion-MNIST ones with Debian's files."""
+    fashion = os.path.isdir(FASHION_MNIST_DIR)
+    return {k: v for k, v in SETTINGS.items() if (mnist_dir or not v[2]) and (fashion or not k.startswith("fmnist"))}
 
 
 def _digits(label_noise: float = 0.0, kind: str = "symmetric", max_train: int = 0) -> ml_collections.ConfigDict:
@@ -104,16 +119,61 @@ def _mnist_cnn(mnist_dir):
     return c
 
 
+@_setting("digits_pair40", noisy=True)
+def _digits_pair40(_):
+    return _digits(0.4, "pair")
+
+
+def _cnn_20k(name: str, data_dir: str, label_noise: float, kind: str) -> ml_collections.ConfigDict:
+    """The small CNN on 20,000 28x28 training images, 600 clean validation images, ~6 epochs."""
+    c = digits.get_config()
+    c.data.name, c.data.data_dir = name, data_dir
+    c.data.val_fraction = 0.01
+    c.data.max_train_examples = 20_000
+    c.data.label_noise, c.data.noise_kind = label_noise, kind
+    c.model.name = "cnn"
+    c.num_train_steps = 2000
+    c.batch_size = 64
+    c.decision.val_batch_size = 64
+    c.decision.every = 2
+    return c
+
+
+@_setting("fmnist_cnn_sym40", noisy=True, peers_only=True)
+def _fmnist_sym40(_):
+    return _cnn_20k("fashion_mnist", "", 0.4, "symmetric")
+
+
+@_setting("fmnist_cnn_pair40", noisy=True, peers_only=True)
+def _fmnist_pair40(_):
+    return _cnn_20k("fashion_mnist", "", 0.4, "pair")
+
+
+@_setting("mnist_cnn_pair40", noisy=True, mnist=True, peers_only=True)
+def _mnist_cnn_pair40(mnist_dir):
+    return _cnn_20k("mnist", mnist_dir, 0.4, "pair")
+
+
 @_setting("diabetes_out10", noisy=True)
 def _diabetes(_):
     return diabetes_outliers.get_config()
 
 
-def strategies(config: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
-    """Strategy name -> config overrides: one fixed run per candidate (the sweep), then the rest."""
+def strategies(config: ml_collections.ConfigDict, peers_only: bool = False) -> dict[str, dict[str, Any]]:
+    """Strategy name -> config overrides: one fixed run per candidate (the sweep), then the rest.
+
+    The example-weighting peers run on cross-entropy (their papers' setting) and
+    only for classification (their papers' rule is a classifier's).
+    """
     out = {f"fixed:{name}": {"loss.strategy": "fixed", "loss.fixed": name} for name in config.loss.candidates}
-    for name in ("uniform", "random", "uncertainty", "softadapt", "softmax", "slf"):
+    regression = config.data.name == "diabetes"
+    names = PEER_STRATEGIES if peers_only else ("uniform", "random", "uncertainty", "softadapt", "softmax", "slf")
+    if not peers_only and not regression:
+        names = (*names, "l2rw", "meta_weight_net", "joint")
+    for name in names:
         out[name] = {"loss.strategy": name}
+        if name in ("l2rw", "meta_weight_net"):
+            out[name]["loss.fixed"] = "cross_entropy"
     return out
 
 

@@ -8,12 +8,15 @@ Models: the MLP on digits (64 features) and the small CNN on MNIST-shaped inputs
   exact_every1  + the exact hypergradient every step (the default optimizer-aware virtual step)
   exact_sgd_every1  the same with the SGD virtual step w - eta g
   fd_every1     + the finite-difference hypergradient every step
-  exact_every10 + the exact hypergradient every 10 steps (mean over the 10-step cycle)
+  jvp_every1    + the forward-mode (JVP) hypergradient every step (the default method)
+  exact_every10, jvp_every10  the same every 10 steps (mean over the 10-step cycle)
+  l2rw, meta_weight_net, joint  the example-weighting strategies (JVP, every step)
 and Keras' fit, each against a plain cross-entropy fit of the same model: keras_slf_model
 (SLFModel, the fused step; every step and every 10) and keras_callback (a compiled
 StochasticLoss with the DecisionUpdate callback; every batch and every 10).
 Goals (CPU): bag <= 1.15x, exact every 10 <= 1.3x, exact every step <= 2.5x on the
-CNN, finite difference <= exact. Medians over rounds; traces per step function.
+CNN, finite difference <= exact, JVP <= finite difference. Medians over rounds, and the
+interquartile range of the per-round ratio; traces per step function.
 """
 
 from __future__ import annotations
@@ -55,8 +58,11 @@ def _synthetic_mnist(n: int = 4096) -> data_lib.Dataset:
     )
 
 
-def _config(model: str, method: str = "exact", decision_every: int = 1, virtual_step: str = "optimizer"):
+def _config(
+    model: str, method: str = "exact", decision_every: int = 1, virtual_step: str = "optimizer", strategy: str = "slf"
+):
     c = digits_config.get_config()
+    c.loss.strategy = strategy
     c.decision.virtual_step = virtual_step
     c.model.name = model
     c.batch_size = BATCH
@@ -144,7 +150,13 @@ def _measure(model_name: str, dataset, rounds: int, steps: int):
         _trainer_variant("exact_every1", _config(model_name, "exact", 1), dataset, 1),
         _trainer_variant("exact_sgd_every1", _config(model_name, "exact", 1, "sgd"), dataset, 1),
         _trainer_variant("fd_every1", _config(model_name, "finite_difference", 1), dataset, 1),
+        _trainer_variant("jvp_every1", _config(model_name, "jvp", 1), dataset, 1),
         _trainer_variant("exact_every10", _config(model_name, "exact", 10), dataset, 10),
+        _trainer_variant("jvp_every10", _config(model_name, "jvp", 10), dataset, 10),
+        *(
+            _trainer_variant(name, _config(model_name, "jvp", 1, strategy=name), dataset, 1)
+            for name in ("l2rw", "meta_weight_net", "joint")
+        ),
     ]
     rss = {}
     for v in variants:  # warm-up: trace, then a few steps; record the peak-RSS growth it caused
@@ -162,11 +174,18 @@ def _measure(model_name: str, dataset, rounds: int, steps: int):
         name: {
             "median_ms": medians[name],
             "ratio_to_ce": medians[name] / medians["ce"],
+            "ratio_iqr": _ratio_quartiles(times[name], times["ce"]),
             "peak_rss_growth_mb": rss[name],
             "traces": next(v for v in variants if v.name == name).traced(),
         }
         for name in times
     }
+
+
+def _ratio_quartiles(times: list[float], ce: list[float]) -> list[float]:
+    """The quartiles of the per-round ratio to the CE step (each round times both back to back): the spread."""
+    q = statistics.quantiles([t / c for t, c in zip(times, ce, strict=True)], n=4)
+    return [q[0], q[2]]
 
 
 def _keras_variant(name: str, model_name: str, dataset, every: int | None) -> _Variant:
@@ -216,7 +235,13 @@ def _measure_keras(model_name: str, dataset, rounds: int, steps: int) -> dict:
             times[v.name].append((time.perf_counter() - start) / steps * 1e3)
     medians = {k: statistics.median(v) for k, v in times.items()}
     return {
-        k: {"median_ms": m, "ratio_to_ce": m / medians["keras_ce"], "peak_rss_growth_mb": 0.0, "traces": {}}
+        k: {
+            "median_ms": m,
+            "ratio_to_ce": m / medians["keras_ce"],
+            "ratio_iqr": _ratio_quartiles(times[k], times["keras_ce"]),
+            "peak_rss_growth_mb": 0.0,
+            "traces": {},
+        }
         for k, m in medians.items()
     }
 
@@ -224,8 +249,10 @@ def _measure_keras(model_name: str, dataset, rounds: int, steps: int) -> dict:
 GOALS = {
     "bag_frozen": ("<= 1.15x", lambda r, _: r <= 1.15),
     "exact_every10": ("<= 1.3x", lambda r, _: r <= 1.3),
+    "jvp_every10": ("<= 1.3x", lambda r, _: r <= 1.3),
     "exact_every1": ("<= 2.5x (CNN)", lambda r, model: model != "cnn" or r <= 2.5),
     "fd_every1": ("<= exact", None),
+    "jvp_every1": ("<= finite difference", None),
 }
 
 
@@ -246,6 +273,8 @@ def main(argv):
             goal, ok = GOALS.get(name, ("", None))
             if name == "fd_every1":
                 met = m["median_ms"] <= r["exact_every1"]["median_ms"]
+            elif name == "jvp_every1":
+                met = m["median_ms"] <= r["fd_every1"]["median_ms"]
             else:
                 met = ok(m["ratio_to_ce"], model_name) if ok else None
             status = "" if met is None else ("met" if met else "MISSED")
@@ -256,12 +285,14 @@ def main(argv):
                     name,
                     m["median_ms"],
                     m["ratio_to_ce"],
+                    f"{m['ratio_iqr'][0]:.2f}-{m['ratio_iqr'][1]:.2f}",
                     f"{goal} {status}".strip(),
                     f"{m['peak_rss_growth_mb']:.0f}",
                     traces,
                 ]
             )
-    table = harness.format_table(["model", "variant", "ms/step", "x CE", "goal", "peak RSS growth MB", "traces"], rows)
+    headers = ["model", "variant", "ms/step", "x CE", "x CE, IQR over rounds", "goal", "peak RSS growth MB", "traces"]
+    table = harness.format_table(headers, rows)
     print(table)
     md, js = harness.write_results(
         _OUT.value,

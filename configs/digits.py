@@ -70,7 +70,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The combined loss.
     config.loss = ml_collections.ConfigDict()
-    config.loss.strategy = "slf"  # slf | softmax | fixed | uniform | random | uncertainty | softadapt
+    # slf | softmax | fixed | uniform | random | uncertainty | softadapt | l2rw | meta_weight_net | joint
+    config.loss.strategy = "slf"
     config.loss.candidates = (
         "cross_entropy",
         "focal(gamma=2.0)",
@@ -79,7 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
         "gce(q=0.7)",
         "squared_hinge",
     )
-    config.loss.fixed = "cross_entropy"  # the candidate of strategy=fixed
+    config.loss.fixed = "cross_entropy"  # the candidate of strategy=fixed (and of l2rw, meta_weight_net)
+    config.loss.example_loss = "fixed"  # l2rw, meta_weight_net weight the examples of: fixed | uniform (the bag)
     config.loss.k = 3
     config.loss.estimator = "relaxed"  # relaxed | straight_through | reinforce | ils
     config.loss.weighting = "selected"  # selected | all | none
@@ -99,9 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.decision.every = 1  # update the decision network every n steps
     config.decision.lookahead_lr = 0.05  # eta of the sgd virtual step
     config.decision.virtual_step = "optimizer"  # optimizer (the main optimizer's step sizes) | sgd (w - eta g)
-    config.decision.method = "exact"  # exact | finite_difference
+    config.decision.method = "jvp"  # jvp (forward mode) | exact (nested tapes) | finite_difference
     config.decision.optimizer = "adam"
-    config.decision.learning_rate = 0.02
+    config.decision.learning_rate = 0.0  # 0: the strategy's own (0.02; meta_weight_net 1e-3, its paper's)
     config.decision.entropy_weight = 0.0
     config.decision.val_batch_size = 128
     config.decision.fd_epsilon = 1e-3

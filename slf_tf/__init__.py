@@ -17,6 +17,7 @@ from slf_tf import (
     selection,
     train_step,
 )
+from slf_tf.example_weighting import JointLoss, L2RWLoss, MetaWeightNetLoss
 from slf_tf.gumbel import (
     gumbel_cdf,
     gumbel_log_cdf,
@@ -50,6 +51,9 @@ __all__ = [
     "BinaryGate",
     "CombinedLoss",
     "FixedLoss",
+    "JointLoss",
+    "L2RWLoss",
+    "MetaWeightNetLoss",
     "RandomLoss",
     "SLFModel",
     "SoftAdaptLoss",

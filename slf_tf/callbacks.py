@@ -68,7 +68,8 @@ class DecisionUpdate(keras.callbacks.Callback):
       train_data: ``(x, y)`` arrays or a dataset of ``(x, y)`` batches the updates
         draw training batches from (cycled); usually fit's training data.
       val_data: a clean, held-out split (never the test set): ``(x, y)`` or a dataset.
-      optimizer: the decision optimizer, a Keras optimizer or its name (default Adam, lr 0.02).
+      optimizer: the decision optimizer, a Keras optimizer or its name (default Adam; a name or the
+        default gets the strategy's decision learning rate, 0.02 for SLF).
       every_n_batches: update every n training batches (amortises the cost).
       loss: optional; if given it must be the loss the model was compiled with.
       **settings: :class:`slf_tf.train_step.DecisionSettings` fields (``lookahead_lr``,
@@ -116,8 +117,13 @@ class DecisionUpdate(keras.callbacks.Callback):
                 "DecisionUpdate(loss=...) is not the loss the model was compiled with; the callback would train "
                 "a decision network the model never uses. Drop loss=..., or compile with that loss."
             )
+        if loss.reweights_from_lookahead:
+            raise ValueError(
+                f"The {loss.strategy!r} strategy weights the examples of the main step itself, which a callback "
+                "cannot change (Keras' own step has already run). Wrap the model in slf_tf.SLFModel instead."
+            )
         strategy = self.model.distribute_strategy  # every replica takes the whole batch: partials add up
-        self.optimizer = optimizer_in_scope(self.optimizer, strategy)
+        self.optimizer = optimizer_in_scope(self.optimizer, strategy, loss.decision_learning_rate)
         with strategy.scope():
             self._step = TrainStep(self.model, loss, self.model.optimizer, self.optimizer, self.settings)
 

@@ -6,6 +6,9 @@ Sources, by ``name``:
     ``diabetes`` (regression);
   * ``mnist``: a directory holding the four standard IDX files
     (``train-images-idx3-ubyte[.gz]`` ...), gzipped or not;
+  * ``fashion_mnist``: the same four files of Fashion-MNIST, by default where
+    Debian's ``dataset-fashion-mnist`` package puts them
+    (``/usr/share/datasets/fashion-mnist``), or in ``data_dir``;
   * ``tfds:<name>`` (e.g. ``tfds:fashion_mnist``): a TensorFlow Datasets set
     already prepared in ``data_dir`` (checked first: offline, TFDS retries for
     minutes before failing).
@@ -49,7 +52,16 @@ EMBEDDED = {
     "wine": "classification",
     "diabetes": "regression",
 }
-DATASETS = (*EMBEDDED, "mnist", "tfds:<name>")
+# IDX datasets -> (display name, default directory, how to get the files).
+IDX_DATASETS = {
+    "mnist": ("MNIST", "", "point data_dir at a directory with the four MNIST IDX files"),
+    "fashion_mnist": (
+        "Fashion-MNIST",
+        "/usr/share/datasets/fashion-mnist",
+        "install them with `apt-get install dataset-fashion-mnist` (Debian), or point data_dir at the four IDX files",
+    ),
+}
+DATASETS = (*EMBEDDED, *IDX_DATASETS, "tfds:<name>")
 NOISE_KINDS = ("symmetric", "pair")
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -142,13 +154,14 @@ def _find_idx(data_dir: str, stem: str) -> str:
 
 
 def load_mnist_dir(
-    data_dir: str, max_bytes: float = 4 * 2**30
+    data_dir: str, max_bytes: float = 4 * 2**30, name: str = "mnist"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_test, y_test)`` from a directory of the four MNIST IDX files."""
+    """``(x_train, y_train, x_test, y_test)`` from a directory of the four MNIST-format IDX files."""
+    label, _, how = IDX_DATASETS[name]
     if not data_dir or not os.path.isdir(data_dir):
         raise ValueError(
-            f"MNIST needs data_dir pointing at a directory with the four IDX files {sorted(MNIST_FILES.values())} "
-            f"(optionally .gz); got data_dir={data_dir!r}, which is not a directory."
+            f"{label} needs data_dir pointing at a directory with the four IDX files {sorted(MNIST_FILES.values())} "
+            f"(optionally .gz); got data_dir={data_dir!r}, which is not a directory: {how}."
         )
     paths, missing = {}, []
     for key, stem in MNIST_FILES.items():
@@ -157,11 +170,11 @@ def load_mnist_dir(
         except FileNotFoundError:
             missing.append(stem)
     if missing:
-        raise ValueError(f"{data_dir} lacks the MNIST IDX file(s) {missing} (plain or .gz).")
+        raise ValueError(f"{data_dir} lacks the {label} IDX file(s) {missing} (plain or .gz): {how}.")
     arrays = {key: load_idx(path, max_bytes) for key, path in paths.items()}
     for split in ("train", "test"):
         if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
-            raise ValueError(f"MNIST {split} images and labels differ in length in {data_dir}.")
+            raise ValueError(f"{label} {split} images and labels differ in length in {data_dir}.")
     return arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"]
 
 
@@ -267,10 +280,11 @@ def read(name: str, data_dir: str = "", max_bytes: float = 4 * 2**30) -> Raw:
         if name == "digits":
             return Raw(name, EMBEDDED[name], x / 16.0, y, image_shape=(8, 8, 1))
         return Raw(name, EMBEDDED[name], x, y)
-    if name == "mnist":
-        x, y, x_test, y_test = load_mnist_dir(data_dir, max_bytes)
+    if name in IDX_DATASETS:
+        data_dir = data_dir or IDX_DATASETS[name][1]
+        x, y, x_test, y_test = load_mnist_dir(data_dir, max_bytes, name)
         if len(x) == 0:
-            raise ValueError(f"Dataset 'mnist' in {data_dir} is empty (0 training images).")
+            raise ValueError(f"Dataset {name!r} in {data_dir} is empty (0 training images).")
         x, x_test = (a.reshape(len(a), -1) / 255.0 for a in (x, x_test))
         return Raw(name, "classification", x, y, x_test, y_test, (28, 28, 1))
     if name.startswith("tfds:"):
@@ -401,10 +415,10 @@ def load(
     """:func:`read`, :func:`split` and :func:`corrupt`, all drawn from one generator seeded by ``seed``.
 
     Args:
-      name: one of ``digits``, ``breast_cancer``, ``wine``, ``diabetes``, ``mnist``,
+      name: one of ``digits``, ``breast_cancer``, ``wine``, ``diabetes``, ``mnist``, ``fashion_mnist``,
         ``tfds:<name>``.
       seed: splits, subsampling and noise are pure functions of it.
-      data_dir: the IDX directory for ``mnist``; the TFDS root for ``tfds:``.
+      data_dir: the IDX directory for ``mnist`` (``fashion_mnist``: Debian's by default); the TFDS root for ``tfds:``.
       val_fraction, test_fraction: held-out fractions (a set that ships a test
         split, like MNIST, keeps it and takes validation from its training part).
       max_train_examples: subsample the training split (0: all).

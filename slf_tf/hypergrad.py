@@ -7,14 +7,24 @@ A virtual step of the main weights with the step's coefficients,
     dJ/dc_i = -<P grad_w L_i(w), grad_w L_val(w')>
 
 then ``dJ/dv = sum_i dJ/dc_i dc_i/dv`` through the sampler (in the training step).
-Two ways to get ``dJ/dc``, tested to agree (docs/design.md, "The hypergradient"):
+Three ways to get ``dJ/dc``, tested to agree (docs/design.md, "The hypergradient"):
 
-* ``exact`` (default): nested GradientTapes through the virtual step; the
+* ``jvp`` (default): ``u = P grad L_val(w')``, then one forward-mode pass of the
+  train batch (``tf.autodiff.ForwardAccumulator`` around ``stateless_call``) gives
+  the directional derivative ``D[j, i] = <grad l_ji(w), u>`` of every example's
+  every candidate loss at once; ``dJ/dc_i = -sum_j e_j D[j, i] / n``. Exact, no
+  second-order graph, and ``D`` is what the example-weighting strategies need.
+* ``exact``: nested GradientTapes through the virtual step; the
   forwards are functional (``model.stateless_call``), so no variable is assigned
   inside a tape.
-* ``finite_difference``: ``g = grad L_val(w')``, then all N entries from two
-  forwards of the train batch, ``-[L_i(w + eps P g) - L_i(w - eps P g)] / 2 eps``
-  with ``eps = fd_epsilon / ||P g||``; no second-order graph, error O(eps^2).
+* ``finite_difference``: ``D`` by central differences of the per-example losses
+  along ``u``, from two forwards of the train batch,
+  ``[l(w + eps u) - l(w - eps u)] / 2 eps`` with ``eps = fd_epsilon / ||u||``;
+  error O(eps^2).
+
+:func:`reweighted_lookahead` is the step of the strategies that weight
+*examples* from ``D`` (Learning to Reweight Examples, and SLF with it): the main
+gradient is taken after the lookahead, with the example weights it gives.
 
 Everything here is a pure function of tensors: it returns NamedTuples and never
 touches an optimizer or a variable (cf. big_vision's ``gsam_gradient``). The main
@@ -42,19 +52,29 @@ __all__ = [
     "VirtualStep",
     "check_method",
     "check_preconditioned",
+    "PER_EXAMPLE_METHODS",
+    "gradient_from_scores",
     "lookahead",
     "main_gradient",
+    "reweighted_lookahead",
     "preconditioned_step",
     "sgd_step",
 ]
 
-METHODS = ("exact", "finite_difference")
+METHODS = ("jvp", "exact", "finite_difference")
+PER_EXAMPLE_METHODS = ("jvp", "finite_difference")  # the methods that give D [batch, N]
 VIRTUAL_STEPS = ("sgd", "optimizer")
 
 
-def check_method(method: str) -> None:
+def check_method(method: str, per_example: bool = False) -> None:
+    """Raises unless ``method`` is known (and, with ``per_example``, gives per-example scores)."""
     if method not in METHODS:
         raise ValueError(f"Unknown hypergradient method {method!r}; known: {list(METHODS)}.")
+    if per_example and method not in PER_EXAMPLE_METHODS:
+        raise ValueError(
+            f"Example weighting needs per-example scores, which hypergradient method {method!r} does not give; "
+            f"use one of {list(PER_EXAMPLE_METHODS)}."
+        )
 
 
 class TrainForward(NamedTuple):
@@ -66,6 +86,11 @@ class TrainForward(NamedTuple):
     finite: tf.Tensor  # [N], the same on every replica
     predictions: tf.Tensor  # the model's outputs on the batch
     non_trainable: list  # the model's non-trainable values after the forward (e.g. batch-norm statistics)
+    per_example: tf.Tensor  # this replica's per-example candidate losses l_ji, [batch, N]
+    combined: tf.Tensor  # this replica's per-example sum_i c_i l_ji, [batch]
+    example_weights: tf.Tensor  # e_j of the objective sum_j e_j combined_j / n (+ regularisation), [batch]
+    regularisation: tf.Tensor  # this replica's share of the model's regularisation losses, scalar
+    global_batch: tf.Tensor  # n, the examples over all replicas, scalar
 
 
 ForwardFn = Callable[[Sequence[tf.Tensor], tf.Tensor], TrainForward]
@@ -81,6 +106,8 @@ class Lookahead(NamedTuple):
     coefficient_gradient: tf.Tensor  # dJ/dc, [N] (zeros without a lookahead)
     val_loss: tf.Tensor  # J(w') (0 without a lookahead)
     val_loss_before: tf.Tensor  # J(w) (0 unless asked for)
+    example_scores: tf.Tensor | None = None  # D [batch, N] = <grad l_ji, P grad J(w')> (jvp, finite_difference)
+    example_weights: tf.Tensor | None = None  # the e [batch] the main gradient used, if set by the lookahead
 
 
 class VirtualStep(NamedTuple):
@@ -163,7 +190,7 @@ def lookahead(
     coefficients: tf.Tensor,
     virtual_step: VirtualStep | Callable[[list], VirtualStep],
     *,
-    method: str = "exact",
+    method: str = "jvp",
     fd_epsilon: float = 1e-3,
     with_val_loss_before: bool = False,
 ) -> Lookahead:
@@ -176,13 +203,15 @@ def lookahead(
       coefficients: ``c [N]``, without a gradient path to the decision network.
       virtual_step: a :class:`VirtualStep`, or a function of the global main
         gradient returning one (:func:`preconditioned_step`).
-      method: ``exact`` or ``finite_difference``.
+      method: ``jvp``, ``exact`` or ``finite_difference``.
       fd_epsilon: the finite-difference step, relative to ``||P grad J(w')||``.
       with_val_loss_before: also compute ``J(w)`` (the REINFORCE reward).
     """
     check_method(method)
+    scores = None
     with tf.GradientTape(watch_accessed_variables=False) as c_tape:
-        c_tape.watch(coefficients)
+        if method == "exact":
+            c_tape.watch(coefficients)
         forward, grads = _forward_and_gradient(forward_fn, weights, coefficients)
         total = distributed.all_sum(grads)
         step = virtual_step if isinstance(virtual_step, VirtualStep) else virtual_step(total)
@@ -192,24 +221,91 @@ def lookahead(
     if method == "exact":
         d_j_dc = distributed.all_sum(c_tape.gradient(j, coefficients, unconnected_gradients="zero"))
     else:
-        j, d_j_dc = _finite_difference(forward_fn, val_fn, weights, coefficients, virtual, step, fd_epsilon)
+        j, direction = _validation_direction(val_fn, weights, virtual, step)
+        scores = _example_scores(forward_fn, weights, coefficients, direction, method, fd_epsilon)
+        d_j_dc = gradient_from_scores(scores, forward.example_weights, forward.global_batch)
     before = distributed.all_sum(val_fn(weights)) if with_val_loss_before else tf.zeros([], j.dtype)
     losses = distributed.all_sum(forward.candidate_losses)
-    return Lookahead(forward, grads, losses, d_j_dc, distributed.all_sum(j), before)
+    return Lookahead(forward, grads, losses, d_j_dc, distributed.all_sum(j), before, scores)
 
 
-def _finite_difference(forward_fn, val_fn, weights, coefficients, virtual, step: VirtualStep, fd_epsilon: float):
-    """``(J(w') partial, dJ/dc global)`` by central differences of the train losses along ``P grad J(w')``."""
+def gradient_from_scores(scores: tf.Tensor, example_weights: tf.Tensor, global_batch: tf.Tensor) -> tf.Tensor:
+    """``dJ/dc_i = -sum_j e_j D[j, i] / n`` (global), from this replica's scores ``D [batch, N]``."""
+    weighted = tf.linalg.matvec(scores, tf.cast(example_weights, scores.dtype), transpose_a=True)
+    return -distributed.all_sum(weighted) / tf.cast(global_batch, scores.dtype)
+
+
+def _validation_direction(val_fn, weights, virtual, step: VirtualStep) -> tuple[tf.Tensor, list]:
+    """``(J(w') partial, u = P grad J(w') global)``: one forward/backward of the validation batch."""
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(virtual)
         j = val_fn(virtual)
-    direction = step.apply([tf.zeros_like(w) for w in weights], distributed.all_sum(tape.gradient(j, virtual)))
-    direction = [-d for d in direction]  # P * grad J(w')
+    grads = distributed.all_sum(tape.gradient(j, virtual, unconnected_gradients="zero"))
+    return j, [-d for d in step.apply([tf.zeros_like(w) for w in weights], grads)]
+
+
+def _example_scores(forward_fn, weights, coefficients, direction, method: str, fd_epsilon: float) -> tf.Tensor:
+    """``D [batch, N] = <grad_w l_ji(w), u>`` for this replica's examples: forward mode, or central differences."""
+    if method == "jvp":
+        with tf.autodiff.ForwardAccumulator(weights, direction) as accumulator:
+            per_example = forward_fn(weights, coefficients).per_example
+        return accumulator.jvp(per_example, unconnected_gradients="zero")
     norm = tf.linalg.global_norm(direction)
     eps = tf.cast(fd_epsilon, norm.dtype) / tf.maximum(norm, tf.cast(1e-12, norm.dtype))
     plus = [w + tf.cast(eps, w.dtype) * d for w, d in zip(weights, direction, strict=True)]
     minus = [w - tf.cast(eps, w.dtype) * d for w, d in zip(weights, direction, strict=True)]
-    l_plus = forward_fn(plus, coefficients).candidate_losses
-    l_minus = forward_fn(minus, coefficients).candidate_losses
-    d_j_dc = -distributed.all_sum(l_plus - l_minus) / (2.0 * tf.cast(eps, l_plus.dtype))
-    return j, d_j_dc
+    l_plus = forward_fn(plus, coefficients).per_example
+    l_minus = forward_fn(minus, coefficients).per_example
+    return (l_plus - l_minus) / (2.0 * tf.cast(eps, l_plus.dtype))
+
+
+ExampleWeightsFn = Callable[[tf.Tensor, TrainForward], tf.Tensor]
+
+
+def reweighted_lookahead(
+    forward_fn: ForwardFn,
+    val_fn: ValidationFn,
+    weights: Sequence,
+    coefficients: tf.Tensor,
+    virtual_step: VirtualStep | Callable[[list], VirtualStep],
+    example_weights_fn: ExampleWeightsFn,
+    *,
+    from_current: bool,
+    method: str = "jvp",
+    fd_epsilon: float = 1e-3,
+) -> Lookahead:
+    """The lookahead of example weighting: scores ``D``, example weights from them, then the main gradient.
+
+    ``from_current`` (Learning to Reweight Examples: weights perturbed around
+    zero) evaluates ``grad J`` at ``w`` itself; otherwise at ``w' = w - P g`` with
+    ``g`` the gradient of the unweighted objective (the derivative at uniform
+    weights, which SLF's ``dJ/dc`` also uses). ``example_weights_fn(D, forward)``
+    returns this replica's weights ``e [batch]``; the main gradient is that of
+    ``sum_j e_j combined_j / n + regularisation``, from the same forward (one
+    forward, with one backward more than :func:`lookahead` unless ``from_current``).
+    """
+    check_method(method, per_example=True)
+    with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+        tape.watch(weights)
+        forward = forward_fn(weights, coefficients)
+    if from_current:
+        zeros = [tf.zeros_like(w) for w in weights]
+        step = virtual_step if isinstance(virtual_step, VirtualStep) else virtual_step(zeros)
+        virtual = list(weights)
+    else:
+        total = distributed.all_sum(tape.gradient(forward.objective, weights, unconnected_gradients="zero"))
+        step = virtual_step if isinstance(virtual_step, VirtualStep) else virtual_step(total)
+        virtual = step.apply(weights, total)
+    j, direction = _validation_direction(val_fn, weights, virtual, step)
+    scores = _example_scores(forward_fn, weights, coefficients, direction, method, fd_epsilon)
+    d_j_dc = gradient_from_scores(scores, forward.example_weights, forward.global_batch)
+    example_weights = tf.stop_gradient(tf.cast(example_weights_fn(scores, forward), forward.combined.dtype))
+    with tape:
+        n = tf.cast(forward.global_batch, forward.combined.dtype)
+        objective = tf.reduce_sum(example_weights * forward.combined) / n + forward.regularisation
+    grads = tape.gradient(objective, weights, unconnected_gradients="zero")
+    del tape
+    forward = forward._replace(objective=objective)
+    losses = distributed.all_sum(forward.candidate_losses)
+    zero = tf.zeros([], j.dtype)
+    return Lookahead(forward, grads, losses, d_j_dc, distributed.all_sum(j), zero, scores, example_weights)

@@ -135,7 +135,9 @@ class SLFModel(keras.Model):
                 "This SLFModel has no validation_data (e.g. reloaded from a file); set_validation_data first."
             )
         if self._step is None:
-            self.decision_optimizer = optimizer_in_scope(self.decision_optimizer, self.distribute_strategy)
+            self.decision_optimizer = optimizer_in_scope(
+                self.decision_optimizer, self.distribute_strategy, self.loss.decision_learning_rate
+            )
             self._step = TrainStep(self.network, self.loss, self.optimizer, self.decision_optimizer, self.settings)
         return self._step
 

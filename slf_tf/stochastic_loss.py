@@ -42,6 +42,7 @@ from slf_tf.losses import get as get_candidate
 
 __all__ = [
     "CombinedLoss",
+    "candidate_tag",
     "safe_sample_weight",
     "FixedLoss",
     "RandomLoss",
@@ -68,6 +69,11 @@ def _state(init: Any, dtype: str = "float32", name: str | None = None) -> keras.
         aggregation="only_first_replica",
         name=name,
     )
+
+
+def candidate_tag(name: str) -> str:
+    """A candidate's TensorBoard- and log-safe name: ``focal(gamma=2.0)`` -> ``focal_gamma_2.0``."""
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.]", "_", name)).strip("_")
 
 
 def safe_sample_weight(sample_weight: Any, y_pred: Any) -> tf.Tensor:
@@ -129,6 +135,14 @@ class CombinedLoss(keras.losses.Loss):
     needs_lookahead = False
     #: The decision update also needs J(w), the validation loss before the virtual step.
     needs_val_loss_before = False
+    #: The rule needs per-example scores D [batch, N] (hypergradient method jvp or finite_difference).
+    needs_example_scores = False
+    #: Example weights come from this step's lookahead (the main gradient follows it, every step).
+    reweights_from_lookahead = False
+    #: ...taken at the current weights (Learning to Reweight Examples) instead of the virtual step's w'.
+    lookahead_from_current = False
+    #: The decision optimizer's learning rate where none is given.
+    decision_learning_rate = 0.02
 
     def __init__(
         self,
@@ -197,7 +211,7 @@ class CombinedLoss(keras.losses.Loss):
     @property
     def tags(self) -> list[str]:
         """TensorBoard- and log-safe candidate names: ``focal(gamma=2.0)`` -> ``focal_gamma_2.0``."""
-        return [re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.]", "_", name)).strip("_") for name in self.names]
+        return [candidate_tag(name) for name in self.names]
 
     def decision_summary(self) -> dict[str, tf.Tensor]:
         """What the decision network chooses now, as scalars for Keras logs (names sort by quantity):
@@ -248,6 +262,14 @@ class CombinedLoss(keras.losses.Loss):
     def decision_loss(self, choice: selection.Selection, lookahead: Any) -> tf.Tensor:
         """The scalar the decision optimizer minimises (see :mod:`slf_tf.train_step`)."""
         raise NotImplementedError(f"The {self.strategy!r} strategy learns nothing.")
+
+    def forward_example_weights(self, combined: tf.Tensor) -> tf.Tensor:
+        """Per-example weights ``e [batch]`` of the training objective ``sum_j e_j combined_j / n`` (ones here)."""
+        return tf.ones_like(combined)
+
+    def lookahead_example_weights(self, scores: tf.Tensor, forward: Any) -> tf.Tensor:
+        """The example weights a lookahead's scores give (strategies with :attr:`reweights_from_lookahead`)."""
+        raise NotImplementedError(f"The {self.strategy!r} strategy does not weight examples from the lookahead.")
 
     # -------------------------------------------------------------- the losses --
 
@@ -354,6 +376,7 @@ class CombinedLoss(keras.losses.Loss):
         choice = self.sample(rng.step_seed(self.seed, self.step))
         coefficients = tf.where(sampling, choice.coefficients, self.expected_coefficients())
         objective, c = self.combine(per_example, finite, tf.stop_gradient(coefficients), choice.weights)
+        objective *= tf.stop_gradient(tf.cast(self.forward_example_weights(objective), objective.dtype))
         count = distributed.all_sum(tf.cast(tf.shape(per_example)[0], per_example.dtype))
         losses = self.unnormalize(distributed.all_sum(tf.reduce_sum(per_example, axis=0)) / count)
         with tf.control_dependencies([self.record(choice, c, losses, finite, enabled=sampling)]):
@@ -686,3 +709,6 @@ def create_loss(strategy: str, losses: Sequence[str], **kwargs: Any) -> Combined
         kwargs["k"] = "inf"
     allowed = _parameters(cls)
     return cls(losses, **{k: v for k, v in kwargs.items() if k in allowed})
+
+
+from slf_tf import example_weighting  # noqa: E402,F401  (registers l2rw, meta_weight_net, joint)

@@ -45,7 +45,7 @@ class DecisionSettings:
       virtual_step: ``optimizer`` (the main optimizer's own per-weight step sizes,
         :func:`slf_tf.hypergrad.preconditioned_step`; SGD, Adam, AdamW, RMSprop) or
         ``sgd`` (``w' = w - lookahead_lr * g``, any optimizer).
-      method: ``exact`` or ``finite_difference``.
+      method: ``jvp`` (forward mode), ``exact`` (nested tapes) or ``finite_difference``.
       entropy_weight: weight of an entropy bonus on the selection distribution.
       fd_epsilon: the finite-difference step, relative to the direction's norm.
     """
@@ -53,7 +53,7 @@ class DecisionSettings:
     every: int = 1
     lookahead_lr: float = 0.05
     virtual_step: str = "optimizer"
-    method: str = "exact"
+    method: str = "jvp"
     entropy_weight: float = 0.0
     fd_epsilon: float = 1e-3
 
@@ -108,13 +108,15 @@ def make_forward(
         per_example, finite = loss.candidate_losses(y, pred)
         if sample_weight is not None:  # non-finite weights drop their example (safe_sample_weight)
             per_example *= tf.cast(safe_sample_weight(sample_weight, pred), per_example.dtype)[:, None]
-        objective, c = loss.combine(per_example, finite, coefficients, fallback)
+        combined, c = loss.combine(per_example, finite, coefficients, fallback)
+        example_weights = tf.stop_gradient(loss.forward_example_weights(combined))
         n = tf.cast(global_batch, per_example.dtype)
-        objective = tf.reduce_sum(objective) / n
-        if regularisation:
-            objective += tf.cast(tf.add_n(regularisation), objective.dtype) / replicas
+        objective = tf.reduce_sum(example_weights * combined) / n
+        reg = tf.cast(tf.add_n(regularisation), objective.dtype) / replicas if regularisation else tf.zeros([], n.dtype)
         losses = tf.reduce_sum(per_example, axis=0) / n
-        return hypergrad.TrainForward(objective, losses, c, finite, pred, new_non_trainable)
+        return hypergrad.TrainForward(
+            objective + reg, losses, c, finite, pred, new_non_trainable, per_example, combined, example_weights, reg, n
+        )
 
     return forward
 
@@ -132,8 +134,10 @@ def make_validation(model: keras.Model, loss: CombinedLoss, x_val: Any, y_val: A
 
 
 def optimizer_in_scope(optimizer: Any, strategy: tf.distribute.Strategy, default: float = 0.02):
-    """``optimizer`` (an instance, a name, or None for Adam(``default``)) with its variables under ``strategy``.
+    """``optimizer`` (an instance, a name, or None for Adam) with its variables under ``strategy``.
 
+    A name or None gets the learning rate ``default`` (the decision's, not Keras'
+    1e-3, which leaves SLF's decision near uniform for hundreds of steps).
     An optimizer made outside the strategy's scope has plain, unmirrored variables
     that every replica would update in turn; an unbuilt one is recreated from its
     config inside the scope (a built one is returned as it is).
@@ -142,7 +146,7 @@ def optimizer_in_scope(optimizer: Any, strategy: tf.distribute.Strategy, default
         if optimizer is None:
             return keras.optimizers.Adam(default)
         if isinstance(optimizer, str):
-            return keras.optimizers.get(optimizer)
+            return keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": default}})
         if strategy.num_replicas_in_sync > 1 and not optimizer.built:
             return type(optimizer).from_config(optimizer.get_config())
         return optimizer
@@ -214,6 +218,8 @@ class TrainStep:
             main_optimizer.build(model.trainable_variables)
         if loss.needs_lookahead and settings.virtual_step == "optimizer":
             hypergrad.check_preconditioned(main_optimizer)
+        if loss.needs_example_scores:
+            hypergrad.check_method(settings.method, per_example=True)
         if loss.decision_variables and not decision_optimizer.built:
             decision_optimizer.build(loss.decision_variables)
 
@@ -228,15 +234,26 @@ class TrainStep:
         if not with_hypergradient:
             return hypergrad.main_gradient(forward, weights, c)
         val_fn = make_validation(self.model, self.loss, x_val, y_val, _global_size(x_val, self.global_val_batch))
+        kwargs = {"method": self.settings.method, "fd_epsilon": self.settings.fd_epsilon}
+        if self.loss.reweights_from_lookahead:  # example weights first, then the main gradient
+            return hypergrad.reweighted_lookahead(
+                forward,
+                val_fn,
+                weights,
+                c,
+                self._virtual_step(weights),
+                self.loss.lookahead_example_weights,
+                from_current=self.loss.lookahead_from_current,
+                **kwargs,
+            )
         return hypergrad.lookahead(
             forward,
             val_fn,
             weights,
             c,
             self._virtual_step(weights),
-            method=self.settings.method,
-            fd_epsilon=self.settings.fd_epsilon,
             with_val_loss_before=self.loss.needs_val_loss_before,
+            **kwargs,
         )
 
     def _decision_gradient(self, tape, values, choice, look) -> list[tf.Tensor]:
@@ -254,7 +271,8 @@ class TrainStep:
         weights = [v.value for v in model.trainable_variables]
         decision_values = [v.value for v in loss.decision_variables]
         learn = update_decision and bool(decision_values)
-        hypergradient = learn and loss.needs_lookahead
+        # Example weights from the lookahead (l2rw, joint) need it on every step, with or without a decision update.
+        hypergradient = (learn and loss.needs_lookahead) or loss.reweights_from_lookahead
         # 1. Sample the coefficients c(v): K draws from the decision network, the B() gate, the weights.
         with tf.GradientTape(watch_accessed_variables=False) as decision_tape:
             decision_tape.watch(decision_values)
@@ -278,6 +296,9 @@ class TrainStep:
             out["hypergrad_norm"] = tf.linalg.global_norm(decision_grads) * distributed.num_replicas()
         if hypergradient:
             out["val_loss_lookahead"], out["scores"] = look.val_loss, -look.coefficient_gradient
+        if look.example_weights is not None:  # the share of the batch that L2RW's rule keeps (weight > 0)
+            kept = tf.reduce_sum(tf.cast(look.example_weights > 0, tf.float32))
+            out["examples_kept"] = distributed.all_sum(kept) / _global_size(x, self.global_batch)
         # 6. Bookkeeping (the loss's state; step += 1) and the global metrics.
         raw = loss.unnormalize(look.candidate_losses)
         val_loss = look.val_loss if hypergradient else None

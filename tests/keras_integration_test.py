@@ -58,8 +58,10 @@ def test_fused_fit_under_mirrored_matches_one_device():
     h2 = two.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0).history
     np.testing.assert_allclose(h2["loss"], h1["loss"], rtol=1e-4)
     np.testing.assert_allclose(h2["accuracy"], h1["accuracy"], rtol=1e-4)
+    # Measured after 20 steps: 4e-5 relative with the exact rule, 1.6e-4 with the JVP (float32 sums in another
+    # order; on one device the two rules agree to 6e-8), amplified by the decision's Adam at lr 0.05.
     for a, b in zip(one_loss.decision_variables, two_loss.decision_variables, strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=5e-4, atol=1e-6)
     with strategy.scope():
         for variable in two_loss.state_variables:  # the same decision state on every replica
             first, second = (np.asarray(v) for v in strategy.experimental_local_results(variable.value))

@@ -12,7 +12,8 @@ from typing import Any
 
 from slf_tf import data as data_lib
 from slf_tf import decision as decision_lib
-from slf_tf import losses, models, selection
+from slf_tf import hypergrad, losses, models, selection
+from slf_tf.example_weighting import EXAMPLE_LOSSES
 from slf_tf.stochastic_loss import STRATEGIES
 from slf_tf.training import factories, restart
 
@@ -59,7 +60,7 @@ NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "decision.hidden_units": (True, 1, INF, True, False),
     "decision.every": (True, 1, INF, True, False),
     "decision.lookahead_lr": (False, 0, INF, False, False),
-    "decision.learning_rate": (False, 0, INF, False, False),
+    "decision.learning_rate": (False, 0, INF, True, False),
     "decision.entropy_weight": (False, 0, INF, True, False),
     "decision.val_batch_size": (True, 1, INF, True, False),
     "decision.fd_epsilon": (False, 0, INF, False, False),
@@ -125,7 +126,7 @@ def _check_names(config, task: str) -> None:
     if config.distribution not in factories.DISTRIBUTION_STRATEGIES:
         factories.create_distribution_strategy(config.distribution)  # raises with the allowed names
     name = config.data.name
-    if name not in data_lib.EMBEDDED and name != "mnist" and not name.startswith("tfds:"):
+    if name not in data_lib.EMBEDDED and name not in data_lib.IDX_DATASETS and not name.startswith("tfds:"):
         raise ValueError(f"Unknown dataset {name!r}; known: {list(data_lib.DATASETS)}.")
     if config.data.noise_kind not in data_lib.NOISE_KINDS:
         raise ValueError(f"Unknown data.noise_kind {config.data.noise_kind!r}; known: {list(data_lib.NOISE_KINDS)}.")
@@ -136,6 +137,10 @@ def _check_names(config, task: str) -> None:
             raise ValueError(f"Unknown {label} {value!r}; known: {list(factories.OPTIMIZERS)}.")
     if config.loss.strategy not in STRATEGIES:
         raise ValueError(f"Unknown loss strategy {config.loss.strategy!r}; known: {sorted(STRATEGIES)}.")
+    if config.loss.get("example_loss", "fixed") not in EXAMPLE_LOSSES:
+        raise ValueError(f"Unknown loss.example_loss {config.loss.example_loss!r}; known: {list(EXAMPLE_LOSSES)}.")
+    if STRATEGIES[config.loss.strategy].needs_example_scores:
+        hypergrad.check_method(config.decision.method, per_example=True)
     losses.LossBag(list(config.loss.candidates), task=task)  # names, parameters, duplicates
     selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
     if config.decision.restart_from not in restart.RESTART_FROM:

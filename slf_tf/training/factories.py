@@ -109,6 +109,7 @@ def create_loss_from_config(config, task: str) -> CombinedLoss:
         normalize=c.normalize,
         seed=config.seed,
         loss=c.fixed or None,
+        example_loss=c.get("example_loss", "fixed"),
         beta=c.softadapt_beta,
         total_steps=config.num_train_steps,
     )

@@ -34,8 +34,10 @@ class Restart:
         self.trainer = trainer
         d = trainer.config.decision
         self.fraction, self.commitment, self.source = d.restart_fraction, d.restart_at_commitment, d.restart_from
-        # Only a decision learned from the validation hypergradient (slf, softmax) is worth a restart.
-        self.enabled = trainer.loss.needs_lookahead and bool(self.fraction or self.commitment)
+        # Only a decision learned from the validation hypergradient (slf, softmax, joint, meta_weight_net)
+        # is worth a restart; l2rw learns nothing across steps.
+        learned = trainer.loss.needs_lookahead and bool(trainer.loss.decision_variables)
+        self.enabled = learned and bool(self.fraction or self.commitment)
         self.restarted_at = tf.Variable(-1, dtype=tf.int64, trainable=False, name="restarted_at")
 
     @property

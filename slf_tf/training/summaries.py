@@ -120,7 +120,7 @@ def slf_scalars(loss: Any, metrics: Mapping[str, Any], frequency: np.ndarray, ta
     if "scores" in metrics:  # -dJ/dc of the last decision update
         per_candidate["score"] = np.asarray(metrics["scores"])
     out = {f"slf/{q}/{tag}": float(v[i]) for q, v in per_candidate.items() for i, tag in enumerate(tags)}
-    for key in ("hypergrad_norm", "val_loss_lookahead", "decision_skipped"):
+    for key in ("hypergrad_norm", "val_loss_lookahead", "decision_skipped", "examples_kept"):
         if key in metrics:
             out[f"slf/{key}"] = float(metrics[key])
     if hasattr(loss, "temperature"):

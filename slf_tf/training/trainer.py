@@ -199,7 +199,8 @@ class Trainer:
             self.main_optimizer = factories.create_optimizer(
                 o.name, o.learning_rate, o.momentum, o.weight_decay, o.clipnorm
             )
-            self.decision_optimizer = factories.create_optimizer(v.optimizer, v.learning_rate, clipnorm=v.clipnorm)
+            decision_lr = v.learning_rate or self.loss.decision_learning_rate  # 0: the strategy's own
+            self.decision_optimizer = factories.create_optimizer(v.optimizer, decision_lr, clipnorm=v.clipnorm)
             self.train_step = TrainStep(  # builds both optimizers before the first trace
                 self.model,
                 self.loss,
