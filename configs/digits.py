@@ -101,7 +101,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.decision.every = 1  # update the decision network every n steps
     config.decision.lookahead_lr = 0.05  # eta of the sgd virtual step
     config.decision.virtual_step = "optimizer"  # optimizer (the main optimizer's step sizes) | sgd (w - eta g)
-    config.decision.method = "jvp"  # jvp (forward mode) | exact (nested tapes) | finite_difference
+    # auto (exact; jvp for l2rw, meta_weight_net, joint) | exact (nested tapes) | jvp (forward mode) | finite_difference
+    config.decision.method = "auto"
     config.decision.optimizer = "adam"
     config.decision.learning_rate = 0.0  # 0: the strategy's own (0.02; meta_weight_net 1e-3, its paper's)
     config.decision.entropy_weight = 0.0

@@ -45,7 +45,8 @@ class DecisionSettings:
       virtual_step: ``optimizer`` (the main optimizer's own per-weight step sizes,
         :func:`slf_tf.hypergrad.preconditioned_step`; SGD, Adam, AdamW, RMSprop) or
         ``sgd`` (``w' = w - lookahead_lr * g``, any optimizer).
-      method: ``jvp`` (forward mode), ``exact`` (nested tapes) or ``finite_difference``.
+      method: ``auto`` (``exact``, or ``jvp`` where the strategy needs per-example scores), ``exact``
+        (nested tapes), ``jvp`` (forward mode) or ``finite_difference``.
       entropy_weight: weight of an entropy bonus on the selection distribution.
       fd_epsilon: the finite-difference step, relative to the direction's norm.
     """
@@ -53,7 +54,7 @@ class DecisionSettings:
     every: int = 1
     lookahead_lr: float = 0.05
     virtual_step: str = "optimizer"
-    method: str = "jvp"
+    method: str = "auto"
     entropy_weight: float = 0.0
     fd_epsilon: float = 1e-3
 
@@ -218,8 +219,7 @@ class TrainStep:
             main_optimizer.build(model.trainable_variables)
         if loss.needs_lookahead and settings.virtual_step == "optimizer":
             hypergrad.check_preconditioned(main_optimizer)
-        if loss.needs_example_scores:
-            hypergrad.check_method(settings.method, per_example=True)
+        self.method = hypergrad.resolve_method(settings.method, loss.needs_example_scores)
         if loss.decision_variables and not decision_optimizer.built:
             decision_optimizer.build(loss.decision_variables)
 
@@ -234,7 +234,7 @@ class TrainStep:
         if not with_hypergradient:
             return hypergrad.main_gradient(forward, weights, c)
         val_fn = make_validation(self.model, self.loss, x_val, y_val, _global_size(x_val, self.global_val_batch))
-        kwargs = {"method": self.settings.method, "fd_epsilon": self.settings.fd_epsilon}
+        kwargs = {"method": self.method, "fd_epsilon": self.settings.fd_epsilon}
         if self.loss.reweights_from_lookahead:  # example weights first, then the main gradient
             return hypergrad.reweighted_lookahead(
                 forward,

@@ -214,6 +214,15 @@ def test_example_weighting_refuses_the_exact_method_and_the_callback():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
+def test_auto_method_is_exact_for_slf_and_jvp_for_example_weighting():
+    model = _mlp()
+    for strategy, method in (("slf", "exact"), ("l2rw", "jvp"), ("meta_weight_net", "jvp"), ("joint", "jvp")):
+        step = train_step.TrainStep(
+            model, slf_tf.create_loss(strategy, SPECS), keras.optimizers.SGD(0.1), keras.optimizers.SGD(1.0)
+        )
+        assert step.method == method, strategy
+
+
 def test_l2rw_uniform_example_loss_weights_the_bag_mean():
     loss = slf_tf.create_loss("l2rw", SPECS, example_loss="uniform")
     np.testing.assert_allclose(loss.expected_coefficients(), [1 / 3] * 3)

@@ -181,7 +181,8 @@ def test_lookahead_gradient_differs_from_gradient_at_w():
 
 def test_unknown_method_and_virtual_step_raise():
     with pytest.raises(
-        ValueError, match=r"Unknown hypergradient method 'forward'; known: \['jvp', 'exact', 'finite_difference'\]"
+        ValueError,
+        match=r"Unknown hypergradient method 'forward'; known: \['auto', 'exact', 'jvp', 'finite_difference'\]",
     ):
         train_step.DecisionSettings(method="forward")
     with pytest.raises(ValueError, match=r"Unknown virtual_step 'adam'; known: \['sgd', 'optimizer'\]"):
