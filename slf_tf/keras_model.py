@@ -125,9 +125,26 @@ class SLFModel(keras.Model):
             raise ValueError(f"SLFModel.compile needs a slf_tf combined loss (e.g. StochasticLoss); got {loss!r}.")
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
         self._step = None
-        # The loss's state (step: the temperature schedule and the per-step seeds) as the model's own
-        # non-trainable weights, so that save_weights / BackupAndRestore keep it with the networks.
-        self.loss_state = list(loss.state_variables)
+        # The loss's state (step: the temperature schedule and the per-step seeds) and its decision network
+        # as the model's own weights, so that .keras files, save_weights, BackupAndRestore, ModelCheckpoint
+        # and EarlyStopping(restore_best_weights=True) keep and restore them with the main network.
+        self.loss_state = list(loss.state_variables) + list(loss.decision_variables)
+        pending, self._pending_loss_state = getattr(self, "_pending_loss_state", None), None
+        if pending is not None:  # weights loaded before this compile (load_model(..., compile=False))
+            super().load_own_variables(pending)
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        """Recompiles a loaded model (``load_model``): the optimizer, and the combined loss with its state."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:  # the main optimizer trains the network only; its saved variables load next
+            self.optimizer.build(self.network.trainable_variables)
+
+    def load_own_variables(self, store: Any) -> None:
+        """The loss's saved state; kept until ``compile`` if the model is not compiled yet."""
+        if not (self._trainable_variables or self._non_trainable_variables) and len(store.keys()):
+            self._pending_loss_state = {key: np.asarray(store[key]) for key in store.keys()}
+            return
+        super().load_own_variables(store)
 
     def _train_step_fn(self) -> TrainStep:
         if self._validation is None and self.loss.needs_lookahead:

@@ -193,3 +193,63 @@ def test_the_old_callback_signature_says_what_changed():
     (x, y), val, _ = _digits()
     with pytest.raises(ValueError, match="takes the loss from the compiled model now"):
         slf_tf.callbacks.DecisionUpdate(slf_tf.StochasticLoss(BAG), (x, y), val)
+
+
+def test_readme_callback_with_an_optimizer_name_gets_the_decision_learning_rate():
+    """DecisionUpdate(..., "adam") as the README writes it: Adam at the decision's 0.02, not Keras' 1e-3,
+    which left P(selected) near uniform (0.41-0.73) after hundreds of steps."""
+    (x, y), val, _ = _digits()
+    model, loss = _compiled()
+    update = slf_tf.callbacks.DecisionUpdate((x, y), val, "adam")
+    model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[update])
+    assert float(update.optimizer.learning_rate) == pytest.approx(0.02)
+    start = float(slf_tf.StochasticLoss(BAG, k=2).selection_probabilities()[0])  # uniform alpha
+    moved = np.abs(loss.selection_probabilities().numpy() - start)
+    assert moved.max() > 0.1, loss.selection_probabilities().numpy()  # 30 updates at 0.02 move alpha off zero
+
+
+def _alpha(loss):
+    return loss.decision_variables[0].numpy().copy()
+
+
+def test_slf_model_keras_file_round_trip_compiled_uncompiled_and_fresh_process(tmp_path):
+    import subprocess
+    import sys
+
+    (x, y), val, (xt, _) = _digits()
+    model, loss = _fused()
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    path = str(tmp_path / "slf.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert int(loaded.loss.step.numpy()) == 10 and type(loaded.loss) is slf_tf.StochasticLoss
+    np.testing.assert_array_equal(_alpha(loaded.loss), _alpha(loss))
+    np.testing.assert_allclose(loaded.predict(xt, verbose=0), model.predict(xt, verbose=0), rtol=1e-6)
+    loaded.set_validation_data(val)  # the validation data is not saved; fit goes on from step 10
+    loaded.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    assert int(loaded.loss.step.numpy()) == 20
+    bare = keras.models.load_model(path, compile=False)  # the loss's state waits for compile
+    bare.compile(optimizer="adam", loss=slf_tf.StochasticLoss(BAG, k=2, seed=0))
+    assert int(bare.loss.step.numpy()) == 10
+    np.testing.assert_array_equal(_alpha(bare.loss), _alpha(loss))
+    code = f"import keras, slf_tf; m = keras.models.load_model({path!r}); print(int(m.loss.step), m.loss.strategy)"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["10", "slf"]
+
+
+def test_slf_model_checkpoint_files_load_and_early_stopping_restores_the_decision(tmp_path):
+    (x, y), val, _ = _digits()
+    model, loss = _fused()
+    alphas = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: alphas.append(_alpha(loss)))
+    # mode="max" on val_loss: the first epoch is the best, so EarlyStopping stops and restores it.
+    stop = keras.callbacks.EarlyStopping("val_loss", patience=1, mode="max", restore_best_weights=True)
+    best = keras.callbacks.ModelCheckpoint(str(tmp_path / "best.keras"), "val_loss", save_best_only=True, mode="max")
+    model.fit(x, y, batch_size=64, epochs=5, verbose=0, validation_data=val, callbacks=[record, stop, best])
+    assert len(alphas) == 2 and not np.array_equal(alphas[0], alphas[1])
+    np.testing.assert_array_equal(_alpha(loss), alphas[0])  # the decision went back with the network
+    assert int(loss.step.numpy()) == 10
+    reloaded = keras.models.load_model(str(tmp_path / "best.keras"))
+    np.testing.assert_array_equal(_alpha(reloaded.loss), alphas[0])
