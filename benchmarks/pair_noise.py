@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.commitment import commit_step  # noqa: E402
+from benchmarks.curves import commit_step  # noqa: E402
 from benchmarks.quality_settings import SETTINGS, apply, parse_variants  # noqa: E402
 from slf_tf.stochastic_loss import candidate_tag  # noqa: E402
 

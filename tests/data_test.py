@@ -68,6 +68,25 @@ def test_truncated_and_corrupt_idx(tmp_path):
         data.load_idx(str(tmp_path / "bad.gz"))
 
 
+def test_fashion_mnist_reads_the_same_format_and_names_the_debian_package(tmp_path, monkeypatch):
+    _fake_mnist(str(tmp_path), True)
+    ds = data.load("fashion_mnist", data_dir=str(tmp_path), val_fraction=0.25)
+    assert ds.image_shape == (28, 28, 1) and len(ds.x_test) == 20
+    monkeypatch.setitem(data.IDX_DATASETS, "fashion_mnist", ("Fashion-MNIST", str(tmp_path / "absent"), "apt"))
+    with pytest.raises(ValueError, match=r"Fashion-MNIST needs data_dir.*absent.*which is not a directory: apt"):
+        data.load("fashion_mnist")
+    assert data.IDX_DATASETS["mnist"][1] == ""  # MNIST has no default place
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="apt-get install dataset-fashion-mnist"
+)
+def test_real_fashion_mnist_from_the_debian_package():
+    ds = data.load("fashion_mnist", val_fraction=0.1)
+    assert len(ds.x_train) + len(ds.x_val) == 60_000 and len(ds.x_test) == 10_000 and ds.num_classes == 10
+
+
 def test_missing_idx_files_and_missing_dir(tmp_path):
     with pytest.raises(ValueError, match="lacks the MNIST IDX file"):
         data.load("mnist", data_dir=str(tmp_path))
