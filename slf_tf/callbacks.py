@@ -23,6 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from slf_tf.checks import warn_if_same_data
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
@@ -96,6 +97,8 @@ class DecisionUpdate(keras.callbacks.Callback):
         self.settings = DecisionSettings(every=every_n_batches, **settings)
         self.expected_loss = loss
         self.optimizer = optimizer  # made (or re-made) under the model's strategy when training starts
+        if isinstance(train_data, tuple) and isinstance(val_data, tuple) and train_data and val_data:
+            warn_if_same_data(train_data[0], val_data[0], "DecisionUpdate's val_data")
         self._train_iter = iter(as_batches(train_data, "DecisionUpdate train_data").repeat())
         self._val_iter = iter(as_batches(val_data, "DecisionUpdate val_data").repeat())
         self._batches = 0

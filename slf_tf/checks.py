@@ -8,6 +8,7 @@ a graph).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -81,3 +82,20 @@ def compute_dtype(dtype: tf.DType) -> tf.DType:
     and ``(logits + g) / tau`` overflows float16 at small tau, so those are upcast.
     """
     return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def warn_if_same_data(x_train: Any, x_val: Any, what: str) -> bool:
+    """Warns (and returns True) if the validation inputs are the training inputs: the decision then learns to
+    fit the training labels, noise included, which is no validation signal at all."""
+    try:
+        a, b = np.asarray(x_train), np.asarray(x_val)
+    except (TypeError, ValueError):  # nested inputs: not checked
+        return False
+    if a.shape != b.shape or a.dtype == object or not np.array_equal(a, b):
+        return False
+    warnings.warn(
+        f"{what} holds the training inputs themselves: the decision network would learn from the training "
+        "labels (noise included). Pass a clean held-out split.",
+        stacklevel=3,
+    )
+    return True

@@ -17,6 +17,7 @@ noise-free expected coefficients and changes no state.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import keras
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from slf_tf import distributed, rng
+from slf_tf.checks import warn_if_same_data
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
@@ -157,6 +159,18 @@ class SLFModel(keras.Model):
             )
             self._step = TrainStep(self.network, self.loss, self.optimizer, self.decision_optimizer, self.settings)
         return self._step
+
+    def fit(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any):
+        """Keras' ``fit``; warns where the decision's split and fit's own could be mistaken for each other."""
+        if kwargs.get("validation_split"):
+            warnings.warn(
+                f"fit(validation_split={kwargs['validation_split']}) only sets what Keras reports as val_*; the "
+                "decision network learns from SLFModel's validation_data, not from that split.",
+                stacklevel=2,
+            )
+        if self._validation is not None and x is not None and not isinstance(x, tf.data.Dataset):
+            warn_if_same_data(x, self._validation[0].numpy(), "SLFModel(validation_data=...)")
+        return super().fit(x, y, *args, **kwargs)
 
     def set_validation_data(self, validation_data: Any) -> None:
         """Sets (or replaces) the clean held-out split of the decision update."""

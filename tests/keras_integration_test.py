@@ -253,3 +253,16 @@ def test_slf_model_checkpoint_files_load_and_early_stopping_restores_the_decisio
     assert int(loss.step.numpy()) == 10
     reloaded = keras.models.load_model(str(tmp_path / "best.keras"))
     np.testing.assert_array_equal(_alpha(reloaded.loss), alphas[0])
+
+
+def test_warnings_for_the_training_data_as_validation_and_for_validation_split():
+    (x, y), val, _ = _digits()
+    with pytest.warns(UserWarning, match="holds the training inputs themselves"):
+        slf_tf.callbacks.DecisionUpdate((x, y), (x, y))
+    model, _ = _fused()
+    model.set_validation_data((x, y))
+    with pytest.warns(UserWarning, match="holds the training inputs themselves"):
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    model.set_validation_data(val)
+    with pytest.warns(UserWarning, match=r"validation_split=0.2\) only sets what Keras reports"):
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, validation_split=0.2)
