@@ -35,8 +35,9 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 # Benchmarks print a table and write JSON + Markdown to benchmarks/results/.
-# `make bench` is the fast subset (< 10 min on 2 cores); `make bench-full` runs everything
-# (~1.5 hours; add MNIST_DIR=/path/to/mnist-idx for the MNIST settings).
+# `make bench` is the fast subset (< 10 min on 2 cores); `make bench-full` runs everything (many hours:
+# the 20k-image CNN settings take ~1.5 hours per seed each; run them in parts with
+# `python -m benchmarks.quality --settings fmnist_cnn_pair40`; add MNIST_DIR=/path/to/mnist-idx for MNIST).
 MNIST_DIR ?=
 
 bench: $(STAMP)
@@ -45,11 +46,14 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.quality --seeds 2 --settings digits_sym40 --strategies fixed,uniform,softmax,slf --workers 2 --name quality_fast
 
 bench-full: $(STAMP)
+	test -d /usr/share/datasets/fashion-mnist || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }
 	$(PY) -m benchmarks.sampler --rounds 30
 	$(PY) -m benchmarks.step_overhead --rounds 15
 	$(PY) -m benchmarks.quality --seeds 5 --workers 2 --mnist_dir "$(MNIST_DIR)" \
 		--variants "slf_before:decision.restart_fraction=0,decision.virtual_step=sgd"
 	$(PY) -m benchmarks.commitment
+	$(PY) -m benchmarks.pair_noise --settings digits_pair40 --seeds 10,11 \
+		--variants "val256:decision.val_batch_size=256;joint:loss.strategy=joint"
 
 # Bazel (offline: see third_party/bazel/README.md). Installs Debian's bazel-bootstrap 4.2.3 if missing.
 bazel-test: $(STAMP)
