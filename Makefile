@@ -43,7 +43,7 @@ MNIST_DIR ?=
 bench: $(STAMP)
 	$(PY) -m benchmarks.sampler --rounds 20
 	$(PY) -m benchmarks.step_overhead --rounds 5
-	$(PY) -m benchmarks.quality --seeds 2 --settings digits_sym40 --strategies fixed,uniform,softmax,slf --workers 2 --name quality_fast
+	$(PY) -m benchmarks.quality --seeds 2 --settings digits_sym40,digits_pair40 --strategies fixed,softmax,slf,l2rw,joint --workers 2 --name quality_fast
 
 bench-full: $(STAMP)
 	test -d /usr/share/datasets/fashion-mnist || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; }

@@ -284,6 +284,8 @@ def parse(spec: str, task: str = "classification") -> tuple[str, dict[str, float
         if call.args:
             raise ValueError(f"Parameters of {spec!r} must be given as key=value; allowed: {sorted(allowed)}.")
         for kw in call.keywords:
+            if kw.arg in params:
+                raise ValueError(f"Parameter {kw.arg} is given twice in {spec!r}; give it once.")
             if kw.arg not in allowed:
                 raise ValueError(f"Loss {name!r} has no parameter {kw.arg!r}; allowed: {sorted(allowed) or 'none'}.")
             try:
@@ -437,6 +439,14 @@ class CandidateLoss:
 
     def __repr__(self) -> str:
         return f"CandidateLoss({self.spec!r}, task={self.task!r})"
+
+
+def candidate_tag(spec: str) -> str:
+    """A candidate's TensorBoard- and log-safe name: ``focal(gamma=2.0)`` -> ``focal_gamma_2.0``.
+
+    ``-`` is kept and ``+`` dropped, so ``1e-3`` and ``1e+3`` stay apart (``focal_gamma_1e-3``, ``focal_gamma_1e3``).
+    """
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.\-]", "_", spec.replace("+", ""))).strip("_")
 
 
 def get(spec: str, task: str = "classification", from_logits: bool = True) -> CandidateLoss:

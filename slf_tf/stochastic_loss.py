@@ -26,7 +26,6 @@ the step's bookkeeping. Strategies (docs/design.md, "Baselines"), all made by
 from __future__ import annotations
 
 import inspect
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ import tensorflow_probability as tfp
 
 from slf_tf import checks, distributed, gumbel, rng, schedules, selection
 from slf_tf import decision as decision_lib
-from slf_tf.losses import LossBag
+from slf_tf.losses import LossBag, candidate_tag
 from slf_tf.losses import get as get_candidate
 
 __all__ = [
@@ -69,11 +68,6 @@ def _state(init: Any, dtype: str = "float32", name: str | None = None) -> keras.
         aggregation="only_first_replica",
         name=name,
     )
-
-
-def candidate_tag(name: str) -> str:
-    """A candidate's TensorBoard- and log-safe name: ``focal(gamma=2.0)`` -> ``focal_gamma_2.0``."""
-    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_.]", "_", name)).strip("_")
 
 
 def safe_sample_weight(sample_weight: Any, y_pred: Any) -> tf.Tensor:

@@ -207,3 +207,10 @@ def test_shape_and_dtype_mismatch(y_true, y_pred, match):
 def test_regression_shape_mismatch():
     with pytest.raises(ValueError, match="does not match"):
         losses.get("mse", task="regression")(np.zeros([4, 2]), np.zeros([4, 3], np.float32))
+
+
+def test_a_parameter_given_twice_is_refused_and_distinct_values_keep_distinct_names():
+    with pytest.raises(ValueError, match=r"Parameter gamma is given twice in 'focal\(gamma=2.0, gamma=3.0\)'"):
+        losses.parse("focal(gamma=2.0, gamma=3.0)")
+    bag = losses.LossBag(["focal(gamma=1e-3)", "focal(gamma=1e+3)"])  # two candidates, two names
+    assert [losses.candidate_tag(s) for s in bag.specs] == ["focal_gamma_1e-3", "focal_gamma_1e3"]
