@@ -266,3 +266,22 @@ def test_warnings_for_the_training_data_as_validation_and_for_validation_split()
     model.set_validation_data(val)
     with pytest.warns(UserWarning, match=r"validation_split=0.2\) only sets what Keras reports"):
         model.fit(x, y, batch_size=64, epochs=1, verbose=0, validation_split=0.2)
+
+
+@pytest.mark.parametrize("strategy_name", ["l2rw", "meta_weight_net", "joint"])
+def test_example_weighting_under_mirrored_matches_one_device(strategy_name):
+    """The example weights are normalised over the global batch and the scores are per replica: two replicas
+    with half a batch each give one device's step."""
+    (x, y), val, _ = _digits()
+    mirrored = factories.create_distribution_strategy("mirrored")
+    runs = []
+    for strategy in (tf.distribute.get_strategy(), mirrored):
+        with strategy.scope():
+            model = slf_tf.SLFModel(_network(), val, keras.optimizers.Adam(0.05), val_batch_size=64)
+            loss = slf_tf.create_loss(strategy_name, BAG, k=2, seed=0)
+            model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss)
+        history = model.fit(x[:320], y[:320], batch_size=64, epochs=1, shuffle=False, verbose=0).history
+        runs.append((history["loss"], [np.asarray(v) for v in model.network.weights + loss.decision_variables]))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=5e-4)
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        np.testing.assert_allclose(b, a, rtol=5e-3, atol=1e-5)
