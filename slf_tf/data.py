@@ -86,13 +86,16 @@ class Dataset:
     num_classes: int  # 0 for regression
     image_shape: tuple[int, ...] | None = None  # (H, W, C) when the rows are images
     noise_mask_train: np.ndarray | None = None  # True where a label/target was corrupted
+    noise_requested: float = 0.0  # the probability each training label/target was corrupted with
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
     def summary(self) -> str:
-        noisy = "" if self.noise_mask_train is None else f", {self.noise_mask_train.mean():.0%} of train corrupted"
+        noisy = ""
+        if self.noise_mask_train is not None:  # each example is corrupted with that probability: the share varies
+            noisy = f", {self.noise_mask_train.mean():.0%} of train corrupted (requested {self.noise_requested:.0%})"
         return (
             f"{self.name} ({self.task}): train {len(self.x_train)}, val {len(self.x_val)}, "
             f"test {len(self.x_test)}, input {self.input_shape}"
@@ -384,6 +387,7 @@ def corrupt(
     if d.task == "classification":
         if label_noise > 0:
             d.y_train, d.noise_mask_train = noisy_labels(d.y_train, d.num_classes, label_noise, noise_kind, rng)
+            d.noise_requested = label_noise
             if not clean_validation:
                 d.y_val, _ = noisy_labels(d.y_val, d.num_classes, label_noise, noise_kind, rng)
         return d
@@ -391,6 +395,7 @@ def corrupt(
         raise ValueError("label_noise applies to classification; use outlier_fraction for regression.")
     if outlier_fraction > 0:
         d.y_train, d.noise_mask_train = _outliers(d.y_train, outlier_fraction, outlier_scale, rng)
+        d.noise_requested = outlier_fraction
         if not clean_validation:
             d.y_val, _ = _outliers(d.y_val, outlier_fraction, outlier_scale, rng)
     return d

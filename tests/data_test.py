@@ -173,3 +173,9 @@ def test_empty_dataset(tmp_path):
     _fake_mnist(str(tmp_path), compress=False, n_train=0, n_test=0)
     with pytest.raises(ValueError, match="is empty"):
         data.load("mnist", data_dir=str(tmp_path))
+
+
+def test_summary_gives_the_realised_and_the_requested_noise():
+    ds = data.load("digits", seed=0, label_noise=0.4)
+    realised = ds.noise_mask_train.mean()
+    assert f"{realised:.0%} of train corrupted (requested 40%)" in ds.summary()
