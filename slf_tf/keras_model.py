@@ -84,7 +84,8 @@ class SLFModel(keras.Model):
       network: the main network (a Keras model whose outputs are logits).
       validation_data: the clean held-out split the decision network learns from:
         ``(x, y)`` arrays or a finite dataset of ``(x, y)`` batches.
-      decision_optimizer: a Keras optimizer or its name (default Adam, lr 0.02).
+      decision_optimizer: a Keras optimizer or its name (default Adam at the strategy's decision learning
+        rate: 0.02 for SLF, 1e-3 for meta_weight_net).
       val_batch_size: validation examples per decision update (global; drawn from
         ``(seed, step)``, so a resumed run draws the same ones).
       **settings: :class:`slf_tf.train_step.DecisionSettings` fields: ``every``,

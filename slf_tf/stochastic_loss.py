@@ -370,7 +370,9 @@ class CombinedLoss(keras.losses.Loss):
         choice = self.sample(rng.step_seed(self.seed, self.step))
         coefficients = tf.where(sampling, choice.coefficients, self.expected_coefficients())
         objective, c = self.combine(per_example, finite, tf.stop_gradient(coefficients), choice.weights)
-        objective *= tf.stop_gradient(tf.cast(self.forward_example_weights(objective), objective.dtype))
+        # Example weights (meta_weight_net) shape training only: evaluation reports the unweighted loss.
+        weights = tf.cast(self.forward_example_weights(objective), objective.dtype)
+        objective *= tf.stop_gradient(tf.where(sampling, weights, tf.ones_like(weights)))
         count = distributed.all_sum(tf.cast(tf.shape(per_example)[0], per_example.dtype))
         losses = self.unnormalize(distributed.all_sum(tf.reduce_sum(per_example, axis=0)) / count)
         with tf.control_dependencies([self.record(choice, c, losses, finite, enabled=sampling)]):

@@ -227,3 +227,24 @@ def test_l2rw_uniform_example_loss_weights_the_bag_mean():
     loss = slf_tf.create_loss("l2rw", SPECS, example_loss="uniform")
     np.testing.assert_allclose(loss.expected_coefficients(), [1 / 3] * 3)
     assert slf_tf.create_loss("l2rw", SPECS).expected_coefficients().numpy().tolist() == [1.0, 0.0, 0.0]
+
+
+def test_meta_weight_net_trains_through_the_keras_callback():
+    """A compiled loss weights Keras' own step by V(l); the callback trains V from the lookahead."""
+    x, y, xv, yv = _data(6)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    loss = slf_tf.create_loss("meta_weight_net", SPECS)
+    model.compile(optimizer="adam", loss=loss)
+    before = [v.numpy().copy() for v in loss.decision_variables]
+    callback = slf_tf.callbacks.DecisionUpdate((x, y), (xv, yv))
+    model.fit(x.astype("float32"), y, batch_size=4, epochs=1, verbose=0, callbacks=[callback])
+    assert float(callback.optimizer.learning_rate) == pytest.approx(1e-3)  # the paper's rate
+    assert any(np.any(b != v.numpy()) for b, v in zip(before, loss.decision_variables, strict=True))
+    pred = model(x.astype("float32"))
+    ce = loss.bag(y, pred)[:, 0]
+    assert float(loss(y, pred)) == pytest.approx(float(tf.reduce_mean(ce)), rel=1e-5)  # evaluation: unweighted
+    loss.sampling.assign(True)  # what the callback turns on for training batches
+    weighted = float(loss(y, pred))
+    loss.sampling.assign(False)
+    assert weighted == pytest.approx(float(tf.reduce_mean(loss.forward_example_weights(ce) * ce)), rel=1e-5)
