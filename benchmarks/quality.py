@@ -56,9 +56,9 @@ def _init_worker(workers: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     from absl import logging
 
-    from slf_tf.training import trainer
+    from slf_tf.training import progress
 
-    trainer.quiet_library_logs()
+    progress.setup_console_logging()
     logging.set_verbosity(logging.WARNING)
     # Absorb one-time costs (imports, first traces of library code) before any timed run.
     run_job("digits_clean", {"num_train_steps": 20, "loss.strategy": "slf"}, seed=0)

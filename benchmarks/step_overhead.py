@@ -38,8 +38,7 @@ from absl import app, flags  # noqa: E402
 from benchmarks import harness  # noqa: E402
 from configs import digits as digits_config  # noqa: E402
 from slf_tf import data as data_lib  # noqa: E402
-from slf_tf.training import Trainer, input_pipeline  # noqa: E402
-from slf_tf.training import trainer as trainer_lib  # noqa: E402
+from slf_tf.training import Trainer, input_pipeline, progress  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer("rounds", 15, "Timing rounds (medians are over these).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per variant per round (a multiple of 10).")
@@ -258,7 +257,7 @@ GOALS = {
 
 def main(argv):
     del argv
-    trainer_lib.quiet_library_logs()
+    progress.setup_console_logging()
     if _STEPS.value % 10:
         raise app.UsageError("--steps must be a multiple of 10 (the exact_every10 cycle).")
     setups = {"mlp": lambda: data_lib.load("digits", seed=0), "cnn": _synthetic_mnist}

@@ -1,5 +1,8 @@
 """Tests of slf_tf.distributed: the cross-replica helpers, on 2 logical CPUs and outside any strategy."""
 
+import json
+import socket
+
 import keras
 import numpy as np
 import pytest
@@ -72,3 +75,37 @@ def test_apply_if_applies_only_where_the_condition_holds(mirrored):
     step(tf.constant(True))
     expected = -1.0 * strategy.num_replicas_in_sync  # the optimizer sums the replicas' gradients
     np.testing.assert_array_equal(w.numpy(), [expected, expected])
+
+
+_WORKERS = {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]}
+
+
+@pytest.mark.parametrize(
+    "tf_config, match",
+    [
+        ("{not json", r"TF_CONFIG is not JSON"),
+        (json.dumps({"cluster": {"worker": []}, "task": {"type": "worker", "index": 0}}), r"lists no workers"),
+        (json.dumps({"cluster": {"worker": ["127.0.0.1"]}, "task": {"type": "worker", "index": 0}}), r"'127.0.0.1'"),
+        (json.dumps({"cluster": {"worker": ["h:99999"]}, "task": {"type": "worker", "index": 0}}), r"1\.\.65535"),
+        (json.dumps({"cluster": _WORKERS, "task": {"type": "worker", "index": 2}}), r"task index 2 .*0\.\.1"),
+        (json.dumps({"cluster": _WORKERS, "task": {"type": "chief", "index": 0}}), r"one of the cluster's roles"),
+        (json.dumps({"cluster": _WORKERS}), r"needs TF_CONFIG"),
+    ],
+)
+def test_bad_tf_config_is_refused_naming_the_variable_and_value(monkeypatch, tf_config, match):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=match):
+        factories.parse_tf_config()
+    with pytest.raises(ValueError, match=match):  # before any TensorFlow cluster work
+        factories.create_distribution_strategy("multi_worker")
+
+
+def test_a_port_in_use_is_refused_naming_it(monkeypatch):
+    with socket.socket() as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        cluster = {"worker": [f"127.0.0.1:{port}", "127.0.0.1:1"]}
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+        with pytest.raises(ValueError, match=rf"Port {port} .* is in use"):
+            factories.create_distribution_strategy("multi_worker")

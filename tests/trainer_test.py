@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -134,6 +135,24 @@ def _run_trainer(workdir, *overrides, check=True, kill_at_step=None):
     if check and proc.returncode != 0:
         raise AssertionError(f"trainer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def test_terminal_is_plain_and_honest_on_a_healthy_cpu_run(tmp_path):
+    """No error-level start-up line, no absl prefix, the ETA after tracing, the noisy-label accuracy named."""
+    from trainers import quiet_start
+
+    proc = _run_trainer(str(tmp_path / "w"), "data.label_noise=0.4")
+    lines = proc.stderr.splitlines()
+    if not quiet_start.gpu_device_present():
+        assert not [line for line in lines if "cuInit" in line or line.startswith("E0000")], proc.stderr[:2000]
+    progress = [line for line in lines if " step " in line and "/20" in line]
+    assert len(progress) == 4, proc.stderr[-3000:]
+    for line in progress:  # "HH:MM:SS step 5/20  loss ...", not "I1202 13:16:10.894502 1399 trainer.py:482] ..."
+        assert re.fullmatch(r"\d\d:\d\d:\d\d step \d+/20  loss .*", line), line
+        assert "accuracy (noisy labels)" in line
+    assert progress[0].endswith("ETA after warm-up")
+    assert all(re.search(r"ETA \d\d:\d\d$", line) for line in progress[1:])
+    assert "(requested 40%)" in proc.stderr
 
 
 def _saved_weights(workdir):

@@ -33,12 +33,12 @@ _NEW_RUN = flags.DEFINE_bool(
 def train(task: str, config, workdir: str) -> None:
     """Checks the dataset's task, then ``train_and_evaluate(config, workdir)``."""
     from slf_tf import data
-    from slf_tf.training import trainer
+    from slf_tf.training import progress, trainer
 
     dataset_task = data.EMBEDDED.get(config.data.name, "classification")
     if dataset_task != task:
         raise app.UsageError(f"This trainer trains {task}; dataset {config.data.name!r} is {dataset_task}.")
-    trainer.quiet_library_logs()
+    progress.setup_console_logging()
     try:
         trainer.train_and_evaluate(config, workdir, new_run=_NEW_RUN.value)
     except ValueError as e:  # a bad config, input or workdir: the message says what to do, no traceback

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 import keras
@@ -49,6 +50,57 @@ def create_optimizer(name: str, learning_rate: float, momentum: float = 0.9, wei
 _MIRRORED: dict[tuple[str, ...], tf.distribute.MirroredStrategy] = {}
 
 
+def parse_tf_config() -> dict[str, Any]:
+    """``TF_CONFIG`` checked for what one process can see: JSON, a non-empty worker list of ``host:port``
+    addresses, and this process's task among them (errors name the variable and the bad value)."""
+    raw = os.environ.get("TF_CONFIG", "") or "{}"
+    shape = '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}'
+    try:
+        tf_config = json.loads(raw)
+    except ValueError as e:
+        raise ValueError(f"TF_CONFIG is not JSON ({e}); it was {raw[:200]!r}.") from None
+    if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict) or "task" not in tf_config:
+        raise ValueError(f"distribution=multi_worker needs TF_CONFIG = {shape}; got {raw[:200]!r}.")
+    cluster, task = tf_config["cluster"], tf_config["task"]
+    if "ps" in cluster:
+        raise ValueError("TF_CONFIG describes parameter servers ('ps'); parameter-server training is not supported.")
+    if not cluster.get("worker") and not cluster.get("chief"):
+        raise ValueError(f"TF_CONFIG's cluster lists no workers; it needs {shape}; got {raw[:200]!r}.")
+    for role, addresses in cluster.items():
+        if not isinstance(addresses, list) or not addresses:
+            raise ValueError(f"TF_CONFIG cluster[{role!r}] must be a non-empty list of 'host:port'; got {addresses!r}.")
+        for address in addresses:
+            host, _, port = str(address).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(
+                    f"TF_CONFIG cluster[{role!r}] address {address!r} is not 'host:port' with a port in 1..65535."
+                )
+    if not isinstance(task, dict) or task.get("type") not in cluster:
+        raise ValueError(f"TF_CONFIG task {task!r}: its 'type' must be one of the cluster's roles {list(cluster)}.")
+    index = task.get("index", 0)
+    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+        raise ValueError(
+            f"TF_CONFIG task index {index!r} is outside cluster[{task['type']!r}] "
+            f"(0..{len(cluster[task['type']]) - 1})."
+        )
+    return tf_config
+
+
+def _check_port_free(tf_config: dict[str, Any]) -> None:
+    """Refuses a port another process holds (TensorFlow's own error names neither the port nor TF_CONFIG)."""
+    task = tf_config["task"]
+    address = tf_config["cluster"][task["type"]][task.get("index", 0)]
+    port = int(address.rpartition(":")[2])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("", port))
+        except OSError as e:
+            raise ValueError(
+                f"Port {port} of this worker's TF_CONFIG address {address!r} is in use ({e.strerror}): "
+                "stop what holds it, or give this worker another port in every worker's TF_CONFIG."
+            ) from None
+
+
 def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
     """``default`` (one device), ``mirrored`` (all local GPUs, else all logical CPUs), ``multi_worker`` (TF_CONFIG)."""
     if name not in DISTRIBUTION_STRATEGIES:
@@ -65,18 +117,8 @@ def create_distribution_strategy(name: str) -> tf.distribute.Strategy:
         if devices not in _MIRRORED:
             _MIRRORED[devices] = tf.distribute.MirroredStrategy(devices=list(devices))
         return _MIRRORED[devices]
-    raw = os.environ.get("TF_CONFIG", "") or "{}"
-    try:
-        tf_config = json.loads(raw)
-    except ValueError as e:
-        raise ValueError(f"TF_CONFIG is not JSON ({e}); it was {raw[:200]!r}.") from None
-    if not isinstance(tf_config, dict) or "cluster" not in tf_config or "task" not in tf_config:
-        raise ValueError(
-            'distribution=multi_worker needs TF_CONFIG = {"cluster": {"worker": ["host:port", ...]}, '
-            f'"task": {{"type": "worker", "index": i}}}}; got {raw[:200]!r}.'
-        )
-    if "ps" in tf_config.get("cluster", {}):
-        raise ValueError("TF_CONFIG describes parameter servers ('ps'); parameter-server training is not supported.")
+    tf_config = parse_tf_config()
+    _check_port_free(tf_config)
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 

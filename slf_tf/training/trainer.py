@@ -8,19 +8,18 @@ every ``log_every_steps``; evaluation on the clean validation split every
 ``eval_every_steps``, keeping the best-validation checkpoint and stopping early
 after ``early_stopping_patience`` evaluations without improvement; a checkpoint
 every ``checkpoint_every_steps``; a checkpoint and a clean exit on SIGTERM.
+
+What is around the loop lives apart: :mod:`.preemption` (SIGTERM, the peer
+watchdog), :mod:`.progress` (progress lines, the end-of-run report),
+:mod:`.export` (the exported models), :mod:`.workdir` and :mod:`.checkpointing`.
 """
 
 from __future__ import annotations
 
 import atexit
-import faulthandler
 import functools
-import json
 import math
 import os
-import signal
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,11 +33,13 @@ from slf_tf import metrics as metrics_lib
 from slf_tf import models
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import TrainStep
-from slf_tf.training import checkpointing, config_checks, factories, input_pipeline, summaries
+from slf_tf.training import checkpointing, config_checks, factories, input_pipeline, preemption, summaries
+from slf_tf.training import export as export_lib
+from slf_tf.training import progress as progress_lib
 from slf_tf.training import restart as restart_lib
 from slf_tf.training import workdir as workdir_lib
 
-__all__ = ["Trainer", "format_report", "quiet_library_logs", "train_and_evaluate"]
+__all__ = ["Trainer", "train_and_evaluate"]
 
 
 def _flatten(config, prefix: str = "") -> dict[str, Any]:
@@ -62,67 +63,6 @@ def _warn_degenerate_sizes(data: data_lib.Dataset, config) -> None:
             config.decision.val_batch_size,
             len(data.x_val),
         )
-
-
-def _is_chief(strategy: tf.distribute.Strategy) -> bool:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
-
-
-class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks after each step (main thread only; else inert)."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.raised = True
-
-    def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
-
-
-class _PeerWatchdog:
-    """Says what a multi-worker run waits for (its peers) and ends the process after ``timeout_s`` (0: never).
-
-    TensorFlow holds the GIL while it waits for the cluster, so no Python thread can run then: the
-    deadline is ``faulthandler``'s C watchdog, which dumps where the process waited and exits with status 1.
-    """
-
-    def __init__(self, timeout_s: float, every_s: float = 30.0):
-        self.timeout_s, self.every_s = timeout_s, every_s
-        self._done = threading.Event()
-        self._start = time.time()
-        cluster = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}").get("cluster", {})
-        self._peers = ", ".join(f"{k}: {v}" for k, v in cluster.items())
-        if timeout_s:
-            logging.info(
-                "Waiting for the multi-worker cluster (%s). If it is not up within multi_worker_timeout_s=%.0f s "
-                "this process exits with status 1 after a stack dump: is every worker started, with the same "
-                "TF_CONFIG cluster and its own task index?",
-                self._peers,
-                timeout_s,
-            )
-            faulthandler.dump_traceback_later(timeout_s, exit=True)
-        threading.Thread(target=self._watch, daemon=True, name="peer-watchdog").start()
-
-    def _watch(self) -> None:  # runs whenever TensorFlow lets go of the GIL (e.g. during the first step)
-        while not self._done.wait(self.every_s):
-            waited = time.time() - self._start
-            logging.warning("Still waiting for the multi-worker cluster (%s) after %.0f s.", self._peers, waited)
-
-    def stop(self) -> None:
-        if not self._done.is_set() and self.timeout_s:
-            faulthandler.cancel_dump_traceback_later()
-        self._done.set()
 
 
 class _Periodic:
@@ -154,12 +94,12 @@ class Trainer:
             tf.config.experimental.enable_op_determinism()
         multi_worker = config.distribution == "multi_worker"
         self._watchdog = (
-            _PeerWatchdog(config.multi_worker_timeout_s, min(30.0, config.multi_worker_timeout_s or 30.0))
+            preemption.PeerWatchdog(config.multi_worker_timeout_s, min(30.0, config.multi_worker_timeout_s or 30.0))
             if multi_worker
             else None
         )
         self.strategy = factories.create_distribution_strategy(config.distribution)
-        self.is_chief = _is_chief(self.strategy)
+        self.is_chief = preemption.is_chief(self.strategy)
         # Loaded before the workdir is touched, so a missing dataset fails fast and writes nothing.
         self.data = dataset if dataset is not None else data_lib.from_config(config.data, seed=config.seed)
         self.best_metric = factories.best_metric(config, self.data.task)
@@ -326,14 +266,14 @@ class Trainer:
         if start >= total or self._patience_exhausted(start):  # a finished run: re-evaluate
             return self._finish(writer, start)
         logging.info("%s; %d replica(s); training steps %d..%d.", self.data.summary(), self.replicas, start, total)
-        progress = _Progress(self, writer, start)
+        progress = progress_lib.Progress(self, writer, start)
         actions = [
             _Periodic(c.log_every_steps, progress),
             _Periodic(c.eval_every_steps, lambda t, _: self._evaluate_and_keep_best(writer, t, progress)),
             _Periodic(c.checkpoint_every_steps, self._save),
         ]
         steps_per_epoch = max(1, len(self.data.x_train) // c.batch_size)
-        iterator, preemption, t, stop, latest = self._iterator(start), _SigtermFlag(), start, False, {}
+        iterator, sigterm, t, stop, latest = self._iterator(start), preemption.SigtermFlag(), start, False, {}
         try:
             for step in range(start, total):
                 if self.restart.due_before(step):
@@ -345,13 +285,13 @@ class Trainer:
                     self._watchdog.stop()
                 t = step + 1
                 stop = any([action(t, t == total, latest) for action in actions])
-                if stop or preemption.raised:
+                if stop or sigterm.raised:
                     break
         finally:
-            preemption.restore()
+            sigterm.restore()
         if t < total and t % c.checkpoint_every_steps:  # stopped early or preempted: keep this step
             self.checkpointer.save(t)
-        if preemption.raised and t < total:
+        if sigterm.raised and t < total:
             logging.warning("SIGTERM: saved a checkpoint at step %d; rerun with the same workdir to resume.", t)
             writer.close()
             return {"preempted": True, "step": t}
@@ -375,7 +315,9 @@ class Trainer:
             return False
         return (step - best["step"]) // self.config.eval_every_steps >= patience
 
-    def _evaluate_and_keep_best(self, writer: summaries.MetricWriter, step: int, progress: _Progress) -> bool:
+    def _evaluate_and_keep_best(
+        self, writer: summaries.MetricWriter, step: int, progress: progress_lib.Progress
+    ) -> bool:
         """Evaluates on the clean validation split; saves a new best; returns True to stop early."""
         val = self.evaluate("val")
         scalars = {f"eval/val_{k}": v for k, v in val.items()}
@@ -436,93 +378,10 @@ class Trainer:
     def export(self) -> tuple[str, str]:
         """Saves the main model as ``export/model.keras`` + ``export/saved_model``, and the best as ``export/best/``."""
         self.files.check_links("export")  # never write through a link out of the workdir
-        paths = _export_model(self.model, os.path.join(self.workdir, "export"))
+        paths = export_lib.export_model(self.model, os.path.join(self.workdir, "export"))
         if self.checkpointer.best() is not None:
-            best = keras.models.clone_model(self.model)
-            checkpoint = tf.train.Checkpoint(model=best)
-            checkpoint.restore(checkpointing.list_checkpoints(self.checkpointer.best_directory)[-1]).expect_partial()
-            _export_model(best, os.path.join(self.workdir, "export", "best"))
+            export_lib.export_best(self.model, self.checkpointer.best_directory, self.files.join("export", "best"))
         return paths
-
-
-def _export_model(model: keras.Model, directory: str) -> tuple[str, str]:
-    os.makedirs(directory, exist_ok=True)
-    keras_path, saved_path = os.path.join(directory, "model.keras"), os.path.join(directory, "saved_model")
-    model.save(keras_path)
-    model.export(saved_path, format="tf_saved_model", verbose=False)
-    return keras_path, saved_path
-
-
-class _Progress:
-    """The log action: a progress line, TensorBoard scalars (``train/``, ``slf/``) and the selection history."""
-
-    def __init__(self, trainer: Trainer, writer: summaries.MetricWriter, start: int):
-        self.trainer, self.writer = trainer, writer
-        self.last_step, self.last_time = start, time.time()
-        self.last_selected = trainer.loss.times_selected.numpy()
-        self.steps: list[int] = []  # the selection history of the heatmap
-        self.probabilities: list[np.ndarray] = []
-
-    def __call__(self, step: int, metrics: dict[str, tf.Tensor]) -> None:
-        tr, loss = self.trainer, self.trainer.loss
-        now = time.time()
-        rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
-        scalars = {f"train/{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "mae", "main_skipped")}
-        scalars["train/steps_per_second"] = rate
-        selected = loss.times_selected.numpy()
-        frequency = (selected - self.last_selected) / max(1, step - self.last_step)
-        scalars.update(summaries.slf_scalars(loss, metrics, frequency, loss.tags))
-        self.writer.scalars(step, scalars)
-        if hasattr(loss, "logits"):
-            self.writer.histogram(step, "slf/alpha", loss.logits()[0])
-        self.steps.append(step)
-        self.probabilities.append(loss.selection_probabilities().numpy())
-        self.last_step, self.last_time, self.last_selected = step, now, selected
-        headline = metrics_lib.HEADLINE[tr.data.task]
-        eta = (tr.config.num_train_steps - step) / max(rate, 1e-9)
-        logging.info(
-            "step %d/%d  loss %.4f  %s %.4f  %.1f steps/s  ETA %s",
-            step,
-            tr.config.num_train_steps,
-            float(metrics["loss"]),
-            headline,
-            float(metrics[headline]),
-            rate,
-            time.strftime("%M:%S", time.gmtime(eta)) if eta < 3600 else f"{eta / 3600:.1f}h",
-        )
-
-
-def _test_line(label: str, step: int, test: dict[str, float]) -> str:
-    if "accuracy" in test:
-        return f"{label:<26} step {step:>6}: test accuracy {test['accuracy']:.4f}  (test loss {test['loss']:.4f})"
-    return f"{label:<26} step {step:>6}: test MAE {test['mae']:.4f}  MSE {test['mse']:.4f}  (standardised)"
-
-
-def format_report(results: dict[str, Any], workdir: str) -> str:
-    """The human summary printed at the end of a run: the last step, the best checkpoint, the decision."""
-    lines = [_test_line("Last", results["step"], results["test"])]
-    best = results.get("best")
-    if best:
-        lines.append(_test_line(f"Best ({best['metric']})", best["step"], best["test"]))
-    lines.append(f"Loss strategy: {results['strategy']}.  Over the last epoch the decision network chose:")
-    width = max(len(n) for n in results["decision"]) + 2
-    lines.append(f"  {'candidate loss':<{width}} {'mean P(selected)':>17} {'mean weight':>12}")
-    for name, d in sorted(results["decision"].items(), key=lambda kv: -kv[1]["selection_probability"]):
-        lines.append(f"  {name:<{width}} {d['selection_probability']:>17.3f} {d['weight']:>12.3f}")
-    lines.append(f"TensorBoard:  tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
-    return "\n".join(lines)
-
-
-def quiet_library_logs() -> None:
-    """Hides TensorFlow's and Keras' own INFO lines (saver, SavedModel) so the progress lines stay readable."""
-    import logging as py_logging
-
-    def keep(record: py_logging.LogRecord) -> bool:
-        noisy = f"{os.sep}tensorflow{os.sep}" in record.pathname or f"{os.sep}keras{os.sep}" in record.pathname
-        return record.levelno >= py_logging.WARNING or not noisy
-
-    py_logging.getLogger("absl").addFilter(keep)
-    tf.get_logger().setLevel(py_logging.WARNING)
 
 
 def train_and_evaluate(config, workdir: str, new_run: bool = False) -> dict[str, Any]:
@@ -532,7 +391,7 @@ def train_and_evaluate(config, workdir: str, new_run: bool = False) -> dict[str,
     if results.get("preempted"):
         return results
     if trainer.is_chief:
-        print(format_report(results, workdir), flush=True)
+        print(progress_lib.format_report(results, workdir), flush=True)
     if math.isnan(results["test"].get("loss", 0.0)):
         logging.warning("The test loss is NaN.")
     return results
