@@ -3,6 +3,8 @@
 import gzip
 import json
 import os
+import shutil
+import signal
 import socket
 import struct
 
@@ -58,6 +60,85 @@ def test_fewer_steps_than_the_run_reached_refuses(finished):
     with pytest.raises(ValueError, match="holds a run at step 20; num_train_steps=5"):
         Trainer(_config(num_train_steps=5), str(finished)).run()
     assert _snapshot(finished) == before
+    assert not (finished / "config_changes.jsonl").exists()  # a refused rerun records no change
+
+
+def _copy(finished, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(finished, workdir)
+    return workdir
+
+
+def test_checkpoints_without_config_json_refuse_and_new_run_moves_them_aside(finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    os.remove(workdir / "config.json")
+    with pytest.raises(ValueError, match=r"holds checkpoints but no config.json.*--new_run"):
+        Trainer(_config(**{"loss.k": 3}), str(workdir))
+    Trainer(_config(**{"loss.k": 3}), str(workdir), new_run=True)
+    (previous,) = os.listdir(workdir / "previous_runs")
+    assert (workdir / "previous_runs" / previous / "checkpoints" / "ckpt-20.index").exists()
+    assert not (workdir / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("text", ['{"seed": 0, "loss": {"k"', "[1, 2]"], ids=["truncated", "not_an_object"])
+def test_an_unreadable_config_json_refuses_naming_the_file(finished, tmp_path, text):
+    workdir = _copy(finished, tmp_path)
+    (workdir / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=r"config.json (is not valid JSON|holds a list).*--new_run"):
+        Trainer(_config(), str(workdir))
+
+
+def test_a_non_object_metrics_line_is_dropped_and_the_final_row_is_not_duplicated(finished, tmp_path, caplog):
+    workdir = _copy(finished, tmp_path)
+    with open(workdir / "metrics.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    Trainer(_config(), str(workdir)).run()  # a finished run: re-evaluates
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert all(isinstance(r, dict) for r in rows) and "not a JSON object" in caplog.text
+    assert len([r for r in rows if "eval/test_accuracy" in r]) == 1
+
+
+@pytest.mark.parametrize("damage", ["remove_record", "garble_record", "remove_checkpoint"])
+def test_a_broken_best_checkpoint_warns_and_its_old_export_is_moved_aside(finished, tmp_path, caplog, damage):
+    workdir = _copy(finished, tmp_path)
+    best = workdir / "checkpoints" / "best"
+    if damage == "remove_record":
+        os.remove(best / "best.json")
+    elif damage == "garble_record":
+        (best / "best.json").write_text('{"step": 2')
+    else:
+        for path in best.glob("ckpt-*"):
+            os.remove(path)
+    results = Trainer(_config(), str(workdir)).run()
+    assert results["best"] is None
+    assert "best.json" in caplog.text and "no best checkpoint is reported or exported" in caplog.text
+    assert not (workdir / "export" / "best").exists()
+    (stale,) = (workdir / "export").glob("best.stale-*")
+    assert (stale / "model.keras").exists()  # moved aside, not deleted
+
+
+def test_two_new_runs_within_a_second_keep_both_old_runs(tmp_path):
+    from slf_tf.training import workdir as workdir_lib
+
+    files = workdir_lib.Workdir(str(tmp_path))
+    for k in (1, 2):
+        (tmp_path / "config.json").write_text(json.dumps({"k": k}))
+        files._move_run_aside()
+    moved = sorted(os.listdir(tmp_path / "previous_runs"))
+    assert len(moved) == 2
+    assert sorted(json.load(open(tmp_path / "previous_runs" / m / "config.json"))["k"] for m in moved) == [1, 2]
+
+
+def test_a_diverged_run_exports_nothing_keeps_no_best_and_says_why(tmp_path):
+    from slf_tf.training import train_and_evaluate
+
+    config = _config(**{"optimizer.learning_rate": 1e30})
+    match = r"diverged: at step 20 .*steps had no finite loss.*learning_rate \(now 1e\+30\)"
+    with pytest.raises(ValueError, match=match):
+        train_and_evaluate(config, str(tmp_path))
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["diverged"] and results["best"] is None
+    assert not (tmp_path / "export").exists()
 
 
 def test_more_steps_and_logging_changes_resume_and_are_recorded(tmp_path):
@@ -206,3 +287,20 @@ def test_non_finite_sample_weight_never_reaches_the_weights():
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     with pytest.raises(ValueError, match=r"sample_weight must hold one weight per example"):
         slf_tf.UniformLoss(["cross_entropy"])(np.zeros(4), np.zeros((4, 3), np.float32), sample_weight=np.ones((4, 2)))
+
+
+def test_sigterm_during_the_final_evaluation_finishes_the_run(tmp_path, caplog):
+    trainer = Trainer(_config(num_train_steps=10), str(tmp_path))
+    evaluate, calls = trainer.evaluate, []
+
+    def evaluate_then_sigterm(split):  # the final evaluation is the last "test" call
+        calls.append(split)
+        if split == "test" and calls.count("test") == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(split)
+
+    trainer.evaluate = evaluate_then_sigterm
+    results = trainer.run()
+    assert results["step"] == 10 and "preempted" not in results
+    assert "SIGTERM during the final evaluation" in caplog.text
+    assert json.load(open(tmp_path / "results.json"))["step"] == 10 and not (tmp_path / ".lock").exists()

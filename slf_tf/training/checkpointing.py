@@ -18,7 +18,7 @@ from typing import Any
 import tensorflow as tf
 from absl import logging
 
-__all__ = ["Checkpointer", "list_checkpoints", "write_json"]
+__all__ = ["Checkpointer", "list_checkpoints", "read_json_object", "write_json"]
 
 _READ_ERRORS = (tf.errors.OpError, ValueError, AssertionError, IndexError, OSError)
 
@@ -31,6 +31,20 @@ def list_checkpoints(directory: str) -> list[str]:
         if match:
             found.append((int(match.group(1)), index[: -len(".index")]))
     return [prefix for _, prefix in sorted(found)]
+
+
+def read_json_object(path: str, fix: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``; a truncated, garbled or non-object file raises ``ValueError`` naming it
+    (and ``fix``, what to do)."""
+    todo = f": {fix}." if fix else "."
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}){todo}") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path} holds a {type(payload).__name__}, not a JSON object{todo}")
+    return payload
 
 
 def write_json(path: str, payload: dict[str, Any]) -> None:
@@ -56,6 +70,7 @@ class Checkpointer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
         self.best_directory = os.path.join(directory, "best")
         self._best_manager = tf.train.CheckpointManager(self.checkpoint, self.best_directory, max_to_keep=1)
+        self._warned: set[str] = set()
 
     def _restore_newest(self, prefixes: list[str]) -> str | None:
         for path in reversed(prefixes):  # newest first; an unreadable one falls back to the previous
@@ -96,12 +111,33 @@ class Checkpointer:
     # ---------------------------------------------------------------- the best --
 
     def best(self) -> dict[str, Any] | None:
-        """The best checkpoint's record ``{"step", "val", "test"}`` (None if there is none yet)."""
+        """The best checkpoint's record ``{"step", "val", "test"}`` (None if there is none yet).
+
+        A record without its checkpoint, a checkpoint without its record (deleted, or a crash between
+        the two writes) or an unreadable record counts as no best, with a warning naming the file
+        (once): the run goes on and its next improvement saves a new best.
+        """
         path = os.path.join(self.best_directory, "best.json")
-        if not os.path.exists(path) or not list_checkpoints(self.best_directory):
+        prefixes = list_checkpoints(self.best_directory)
+        if not os.path.exists(path) and not prefixes:
             return None
-        with open(path) as f:
-            return json.load(f)
+        problem = None
+        if not os.path.exists(path):
+            problem = f"{path} is missing beside {prefixes[-1]}"
+        else:
+            try:
+                record = read_json_object(path)
+            except ValueError as e:
+                problem = str(e).rstrip(".")
+            else:
+                if not prefixes:
+                    problem = f"{path} names step {record.get('step')} but {self.best_directory} holds no checkpoint"
+                else:
+                    return record
+        if problem not in self._warned:
+            self._warned.add(problem)
+            logging.warning("%s: no best checkpoint is reported or exported until the next improvement.", problem)
+        return None
 
     def save_best(self, step: int, record: dict[str, Any]) -> None:
         """Saves the current state as the best checkpoint (replacing the previous best)."""

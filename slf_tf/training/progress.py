@@ -61,8 +61,9 @@ class Progress:
             steady_rate = (step - self.steady[0]) / max(now - self.steady[1], 1e-9)
             eta = format_eta(remaining / max(steady_rate, 1e-9))
         headline = metrics_lib.HEADLINE[tr.data.task]
+        skipped = int(loss.skipped_steps.numpy())
         logging.info(
-            "step %d/%d  loss %.4f  %s %.4f  %.1f steps/s  ETA %s",
+            "step %d/%d  loss %.4f  %s %.4f  %.1f steps/s  ETA %s%s",
             step,
             tr.config.num_train_steps,
             float(metrics["loss"]),
@@ -70,6 +71,7 @@ class Progress:
             float(metrics[headline]),
             rate,
             eta,
+            f"  ({skipped} steps skipped so far: no finite loss)" if skipped else "",
         )
 
 

@@ -20,6 +20,7 @@ import atexit
 import functools
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -254,16 +255,19 @@ class Trainer:
         c = self.config
         self.checkpointer.restore()
         start, total = self.step, c.num_train_steps
+        finished = start >= total or self._patience_exhausted(start)
         if self.is_chief:
             self.files.check_steps(start, total)
             self.files.trim_metrics(start)
+            if finished:
+                self.files.drop_final_evaluation(start)  # the re-evaluation writes its row again
             self.files.write_config(c)
         candidates = self.loss.tags
         writer = summaries.MetricWriter(self.workdir, enabled=self.is_chief, candidates=candidates)
         if start == 0:
             writer.hparams(_flatten(c))
             writer.layout(summaries.slf_layout(self.loss.names))
-        if start >= total or self._patience_exhausted(start):  # a finished run: re-evaluate
+        if finished:  # re-evaluate
             return self._finish(writer, start)
         logging.info("%s; %d replica(s); training steps %d..%d.", self.data.summary(), self.replicas, start, total)
         progress = progress_lib.Progress(self, writer, start)
@@ -287,15 +291,18 @@ class Trainer:
                 stop = any([action(t, t == total, latest) for action in actions])
                 if stop or sigterm.raised:
                     break
+            if t < total and t % c.checkpoint_every_steps:  # stopped early or preempted: keep this step
+                self.checkpointer.save(t)
+            if sigterm.raised and t < total:
+                logging.warning("SIGTERM: saved a checkpoint at step %d; rerun with the same workdir to resume.", t)
+                writer.close()
+                return {"preempted": True, "step": t}
+            results = self._finish(writer, t)  # SIGTERM here waits for the final evaluation to end
+            if sigterm.raised:
+                logging.warning("SIGTERM during the final evaluation: finished it first; the run is complete.")
+            return results
         finally:
             sigterm.restore()
-        if t < total and t % c.checkpoint_every_steps:  # stopped early or preempted: keep this step
-            self.checkpointer.save(t)
-        if sigterm.raised and t < total:
-            logging.warning("SIGTERM: saved a checkpoint at step %d; rerun with the same workdir to resume.", t)
-            writer.close()
-            return {"preempted": True, "step": t}
-        return self._finish(writer, t)
 
     def _save(self, step: int, metrics: dict) -> None:
         del metrics
@@ -303,9 +310,12 @@ class Trainer:
 
     # ------------------------------------------------- best checkpoint, early stop --
 
-    def _improves(self, value: float, best: dict[str, Any] | None) -> bool:
+    def _improves(self, val: dict[str, float], best: dict[str, Any] | None) -> bool:
+        value = val[self.best_metric.removeprefix("val_")]
+        if not (math.isfinite(value) and math.isfinite(val["loss"])):  # a diverged model is never the best
+            return False
         if best is None:
-            return math.isfinite(value)
+            return True
         old = best["val"][self.best_metric.removeprefix("val_")]
         return value > old if self.best_metric == "val_accuracy" else value < old
 
@@ -321,7 +331,7 @@ class Trainer:
         """Evaluates on the clean validation split; saves a new best; returns True to stop early."""
         val = self.evaluate("val")
         scalars = {f"eval/val_{k}": v for k, v in val.items()}
-        if self.best_metric and self.is_chief and self._improves(val[self.best_metric[4:]], self.checkpointer.best()):
+        if self.best_metric and self.is_chief and self._improves(val, self.checkpointer.best()):
             test = self.evaluate("test")
             self.checkpointer.save_best(step, {"metric": self.best_metric, "val": val, "test": test})
             scalars.update({f"eval/best_{k}": v for k, v in val.items()})
@@ -367,31 +377,58 @@ class Trainer:
             "restarted_at": int(self.restart.restarted_at.numpy()),
             "decision": self._last_epoch_choice(),
             "strategy": self.loss.strategy,
+            "diverged": self._divergence(step, val, test),
         }
         if self.is_chief:
-            if self.config.export:
+            if self.config.export and not results["diverged"]:
                 self.export()
             self.files.write_results(results)
         writer.close()
         return results
 
+    def _divergence(self, step: int, val: dict[str, float], test: dict[str, float]) -> str | None:
+        """What says the run diverged (a non-finite model, or non-finite losses at the end), else None."""
+        finite_weights = all(np.isfinite(w.numpy()).all() for w in self.model.weights)
+        if finite_weights and math.isfinite(val["loss"]) and math.isfinite(test["loss"]):
+            return None
+        what = "model's weights are not finite" if not finite_weights else "model's outputs give non-finite losses"
+        skipped = int(self.loss.skipped_steps.numpy())
+        return (
+            f"The run diverged: at step {step} the {what} (validation loss {val['loss']}, test loss {test['loss']}); "
+            f"{skipped} of {step} steps had no finite loss and were skipped. Nothing was exported. Lower "
+            f"optimizer.learning_rate (now {self.config.optimizer.learning_rate:g}) or set optimizer.clipnorm, "
+            "and start afresh with --new_run."
+        )
+
     def export(self) -> tuple[str, str]:
-        """Saves the main model as ``export/model.keras`` + ``export/saved_model``, and the best as ``export/best/``."""
+        """Saves the main model as ``export/model.keras`` + ``export/saved_model``, and the best as ``export/best/``.
+
+        Without a best checkpoint an ``export/best/`` of an earlier evaluation is moved aside (kept, renamed),
+        so that it is never taken for this run's best.
+        """
         self.files.check_links("export")  # never write through a link out of the workdir
         paths = export_lib.export_model(self.model, os.path.join(self.workdir, "export"))
+        best_export = self.files.join("export", "best")
         if self.checkpointer.best() is not None:
-            export_lib.export_best(self.model, self.checkpointer.best_directory, self.files.join("export", "best"))
+            export_lib.export_best(self.model, self.checkpointer.best_directory, best_export)
+        elif os.path.isdir(best_export):
+            stale = f"{best_export}.stale-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(best_export, stale)
+            logging.warning("No best checkpoint: moved the earlier %s to %s.", best_export, stale)
         return paths
 
 
 def train_and_evaluate(config, workdir: str, new_run: bool = False) -> dict[str, Any]:
-    """Trains and evaluates per ``config`` in ``workdir`` (resuming from its latest checkpoint)."""
+    """Trains and evaluates per ``config`` in ``workdir`` (resuming from its latest checkpoint).
+
+    Raises ``ValueError`` saying why if the run diverged (``results.json`` records it; nothing is exported).
+    """
     trainer = Trainer(config, workdir, new_run=new_run)
     results = trainer.run()
     if results.get("preempted"):
         return results
+    if results["diverged"]:
+        raise ValueError(results["diverged"])
     if trainer.is_chief:
         print(progress_lib.format_report(results, workdir), flush=True)
-    if math.isnan(results["test"].get("loss", 0.0)):
-        logging.warning("The test loss is NaN.")
     return results

@@ -25,7 +25,7 @@ from typing import Any
 
 from absl import logging
 
-from slf_tf.training.checkpointing import write_json
+from slf_tf.training.checkpointing import read_json_object, write_json
 
 __all__ = ["RESUMABLE", "Workdir", "flatten"]
 
@@ -181,17 +181,28 @@ class Workdir:
     # --------------------------------------------------------------- identity --
 
     def check_identity(self, config: Any, has_checkpoints: bool, new_run: bool = False) -> None:
-        """Compares ``config`` with the run already in the workdir (see the module docstring)."""
+        """Compares ``config`` with the run already in the workdir (see the module docstring).
+
+        Accepted changes are kept in :attr:`pending_changes` and recorded by :meth:`write_config`, once
+        every other check has passed (a refused rerun leaves ``config_changes.jsonl`` as it was).
+        """
+        self.pending_changes: list[tuple[str, Any, Any]] = []
         path = self.join("config.json")
-        if not os.path.exists(path):
-            return
         if new_run:
-            self._move_run_aside()
+            if any(os.path.lexists(self.join(name)) for name in RUN_FILES):
+                self._move_run_aside()
+            return
+        if not os.path.exists(path):
+            if has_checkpoints:
+                raise ValueError(
+                    f"Workdir {self.path!r} holds checkpoints but no config.json, so this config cannot be checked "
+                    "against the run they belong to. Put config.json back, use a new workdir, or pass "
+                    "new_run=True (--new_run) to move the old run into previous_runs/ and start afresh."
+                )
             return
         if not has_checkpoints:
             return  # nothing trained to mix with: this run starts over and rewrites config.json
-        with open(path) as f:
-            saved = flatten(json.load(f))
+        saved = flatten(read_json_object(path, "put the run's config.json back, or pass --new_run"))
         current = flatten(json.loads(config.to_json_best_effort()))
         changed = sorted(
             k for k in saved.keys() | current.keys() if saved.get(k, "<absent>") != current.get(k, "<absent>")
@@ -207,8 +218,7 @@ class Workdir:
                 "Resuming would mix two settings in one run. Use a new workdir, or pass new_run=True "
                 "(--new_run) to move the old run into previous_runs/ and start this one afresh."
             )
-        for key in changed:
-            self._record_change(key, saved.get(key), current.get(key))
+        self.pending_changes = [(key, saved.get(key), current.get(key)) for key in changed]
 
     def _record_change(self, key: str, old: Any, new: Any) -> None:
         logging.warning("Resuming with config.%s changed from %r to %r (recorded).", key, old, new)
@@ -216,8 +226,12 @@ class Workdir:
             f.write(json.dumps({"time": _now(), "field": key, "old": old, "new": new}, default=str) + "\n")
 
     def _move_run_aside(self) -> None:
-        target = self.join("previous_runs", datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S"))
-        os.makedirs(target, exist_ok=True)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+        target, n = self.join("previous_runs", stamp), 1
+        while os.path.lexists(target):  # two moves within one second: never into the first one's folder
+            n += 1
+            target = self.join("previous_runs", f"{stamp}-{n}")
+        os.makedirs(target)
         for name in RUN_FILES:
             if os.path.lexists(self.join(name)):
                 shutil.move(self.join(name), os.path.join(target, name))
@@ -234,6 +248,10 @@ class Workdir:
     # ------------------------------------------------------------------ files --
 
     def write_config(self, config: Any) -> None:
+        """Records the accepted config changes (see :meth:`check_identity`), then replaces ``config.json``."""
+        for key, old, new in getattr(self, "pending_changes", []):
+            self._record_change(key, old, new)
+        self.pending_changes = []
         path = self.join("config.json")
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w") as f:
@@ -253,12 +271,30 @@ class Workdir:
                     complete = line.endswith("\n")
                 except ValueError:
                     row, complete = None, False
-                if row is not None and complete and row.get("step", 0) <= step:
+                if isinstance(row, dict) and complete and row.get("step", 0) <= step:
                     kept.append(line)
                 else:
                     dropped += 1
         if dropped:
-            logging.warning("metrics.jsonl: dropped %d line(s) after step %d or cut short by a crash.", dropped, step)
+            logging.warning(
+                "metrics.jsonl: dropped %d line(s) after step %d, cut short by a crash or not a JSON object.",
+                dropped,
+                step,
+            )
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, path)
+
+    def drop_final_evaluation(self, step: int) -> None:
+        """Drops the final evaluation's row at ``step`` (``eval/test_*``): a re-evaluation writes it again."""
+        path = self.join("metrics.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if not _is_final_row(line, step)]
+        if len(kept) != len(lines):
             tmp = f"{path}.tmp-{os.getpid()}"
             with open(tmp, "w") as f:
                 f.writelines(kept)
@@ -266,6 +302,14 @@ class Workdir:
 
     def write_results(self, results: dict[str, Any]) -> None:
         write_json(self.join("results.json"), results)
+
+
+def _is_final_row(line: str, step: int) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and row.get("step") == step and any(k.startswith("eval/test_") for k in row)
 
 
 def _now() -> str:
