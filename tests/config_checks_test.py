@@ -61,6 +61,28 @@ def test_combinations_that_make_no_sense(overrides, match):
         config_checks.validate_config(config)
 
 
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"model.hidden_units": (-5,)}, r"config.model.hidden_units must be a tuple of integers in \[1, 65536\]"),
+        ({"model.hidden_units": (2_000_000_000,)}, r"config.model.hidden_units must be .*got \(2000000000,\)"),
+        ({"model.filters": (32, 0)}, r"config.model.filters must be"),
+        ({"loss.k": 10**9}, r"config.loss.k=1000000000 exceeds 65536 draws"),
+        ({"loss.candidates": tuple(f"focal(gamma={g})" for g in range(65))}, r"lists 65 losses; at most 64"),
+        ({"batch_size": 3_000_000_000}, r"config.batch_size must be an integer in \[1, 1.04858e\+06\]"),
+        ({"decision.val_batch_size": 10**9}, r"config.decision.val_batch_size must be"),
+    ],
+)
+def test_sizes_that_would_fail_after_minutes_are_refused_at_once(overrides, match):
+    config = test_config.get_config()
+    if "model.filters" in overrides:
+        config.model.filters = (32, 64)
+    for path, value in overrides.items():
+        _set(config, path, value)
+    with pytest.raises(ValueError, match=match):
+        config_checks.validate_config(config)
+
+
 @pytest.mark.parametrize("old", sorted(config_checks.RENAMED))
 def test_renamed_fields_name_the_new_one(old):
     config = test_config.get_config()

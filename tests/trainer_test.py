@@ -230,6 +230,13 @@ def test_config_override_type_error_is_reported_quickly(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+def test_an_override_of_a_field_the_config_lacks_is_one_line(tmp_path):
+    proc = _run_trainer(str(tmp_path / "w"), "loss.no_such_field=1", check=False)
+    assert proc.returncode == 2
+    assert "error: --config.loss.no_such_field: the config has no field 'no_such_field'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "w").exists()
+
+
 def test_best_checkpoint_is_kept_exported_and_reported(finished_run):
     trainer, results, workdir = finished_run
     best = results["best"]

@@ -6,7 +6,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 
 from trainers import common  # noqa: E402
 
@@ -21,7 +20,7 @@ def main(argv):
 
 
 def run() -> None:
-    app.run(main)
+    common.run(main)
 
 
 if __name__ == "__main__":

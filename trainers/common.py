@@ -30,6 +30,28 @@ _NEW_RUN = flags.DEFINE_bool(
 )
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with an override of a field the config lacks reported in one line, not a traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections' "no such field", from --config.<field>=...
+        field = str(e).strip("'\"")
+        bad = [a for a in argv if a.startswith("--config.") and field in a.split("=", 1)[0]]
+        given = bad[0].split("=", 1)[0] if bad else f"--config.{field}"
+        print(
+            f"error: {given}: the config has no field {field!r}. Check the spelling against the config file "
+            "(--config=...); a new field cannot be added from the command line.",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(2)
+
+
+def run(main) -> None:
+    """``app.run(main)`` with :func:`parse_flags`."""
+    app.run(main, flags_parser=parse_flags)
+
+
 def train(task: str, config, workdir: str) -> None:
     """Checks the dataset's task, then ``train_and_evaluate(config, workdir)``."""
     from slf_tf import data

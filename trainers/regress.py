@@ -10,7 +10,6 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
 
 from trainers import common  # noqa: E402
 
@@ -24,7 +23,7 @@ def main(argv):
 
 def run() -> None:
     """Console entry point (`slf-regress`)."""
-    app.run(main)
+    common.run(main)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "seed": (True, 0, 2**31 - 1, True, True),
     "multi_worker_timeout_s": (False, 0, INF, True, False),
     "num_train_steps": (True, 1, INF, True, False),
-    "batch_size": (True, 1, INF, True, False),
+    "batch_size": (True, 1, 2**20, True, True),
     "log_every_steps": (True, 1, INF, True, False),
     "eval_every_steps": (True, 1, INF, True, False),
     "checkpoint_every_steps": (True, 1, INF, True, False),
@@ -57,12 +57,12 @@ NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "loss.temperature.initial": (False, 0, INF, False, False),
     "loss.temperature.rate": (False, 0, INF, True, False),
     "loss.temperature.minimum": (False, 0, INF, False, False),
-    "decision.hidden_units": (True, 1, INF, True, False),
+    "decision.hidden_units": (True, 1, 2**16, True, True),
     "decision.every": (True, 1, INF, True, False),
     "decision.lookahead_lr": (False, 0, INF, False, False),
     "decision.learning_rate": (False, 0, INF, True, False),
     "decision.entropy_weight": (False, 0, INF, True, False),
-    "decision.val_batch_size": (True, 1, INF, True, False),
+    "decision.val_batch_size": (True, 1, 2**20, True, True),
     "decision.fd_epsilon": (False, 0, INF, False, False),
     "decision.clipnorm": (False, 0, INF, True, False),
     "decision.restart_fraction": (False, 0, 1, True, False),
@@ -164,6 +164,32 @@ def _check_names(config, task: str) -> None:
     factories.best_metric(config, task)
 
 
+#: Sizes past these fail only after minutes (out of memory, or a step that never finishes tracing).
+MAX_K, MAX_CANDIDATES, MAX_LAYER_WIDTH = 2**16, 64, 2**16
+
+
+def _check_sizes(config) -> None:
+    """Refuses sizes that would take minutes to fail, naming the field and the limit."""
+    k = config.loss.k
+    if isinstance(k, int) and not isinstance(k, bool) and k > MAX_K:
+        raise ValueError(f"config.loss.k={k} exceeds {MAX_K} draws (each step holds [k, candidates] samples).")
+    n = len(config.loss.candidates)
+    if n > MAX_CANDIDATES:
+        raise ValueError(
+            f"config.loss.candidates lists {n} losses; at most {MAX_CANDIDATES} (each is traced into the step)."
+        )
+    for path in ("model.hidden_units", "model.filters"):
+        if not _has(config, path):
+            continue
+        widths = _get(config, path)
+        if not isinstance(widths, (tuple, list)) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_LAYER_WIDTH for w in widths
+        ):
+            raise ValueError(
+                f"config.{path} must be a tuple of integers in [1, {MAX_LAYER_WIDTH}], one per layer; got {widths!r}."
+            )
+
+
 def _check_combinations(config) -> None:
     t, k = config.loss.temperature, config.loss.k
     if t.kind in ("exponential", "cosine") and t.initial < t.minimum:
@@ -192,6 +218,7 @@ def validate_config(config) -> None:
         check_number(config, path)
     task = data_lib.EMBEDDED.get(config.data.name, "classification")
     _check_names(config, task)
+    _check_sizes(config)
     _check_combinations(config)
     factories.temperature_schedule(config)
     factories.decision_settings(config)  # virtual_step, method
