@@ -23,15 +23,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from slf_tf.checks import warn_if_same_data
+from slf_tf.checks import check_finite_validation, warn_if_diverged, warn_if_same_data
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
 __all__ = ["DecisionUpdate", "as_batches"]
 
 
-def as_batches(data: Any, name: str, batch_size: int = 128) -> tf.data.Dataset:
-    """``data`` as a dataset of ``(x, y)`` batches; a clear error (with the fix) for what cannot be one."""
+def as_batches(data: Any, name: str, batch_size: int = 128, check_finite: bool = False) -> tf.data.Dataset:
+    """``data`` as a dataset of ``(x, y)`` batches; a clear error (with the fix) for what cannot be one.
+
+    ``check_finite`` refuses non-finite arrays (a validation split: one NaN freezes the decision).
+    """
     if data is None:
         raise ValueError(
             f"{name} is required: a clean held-out split as an (x, y) tuple of arrays or a tf.data.Dataset of "
@@ -56,6 +59,8 @@ def as_batches(data: Any, name: str, batch_size: int = 128) -> tf.data.Dataset:
             x, y = data
             if len(x) != len(y):
                 raise ValueError(f"{name}: x and y have different lengths ({len(x)} and {len(y)}).")
+            if check_finite:
+                check_finite_validation(x, y, name)
             return tf.data.Dataset.from_tensor_slices((np.asarray(x), np.asarray(y))).batch(batch_size)
     raise ValueError(
         f"{name} must be an (x, y) tuple of arrays or a tf.data.Dataset of (x, y); got {type(data).__name__}."
@@ -100,7 +105,7 @@ class DecisionUpdate(keras.callbacks.Callback):
         if isinstance(train_data, tuple) and isinstance(val_data, tuple) and train_data and val_data:
             warn_if_same_data(train_data[0], val_data[0], "DecisionUpdate's val_data")
         self._train_iter = iter(as_batches(train_data, "DecisionUpdate train_data").repeat())
-        self._val_iter = iter(as_batches(val_data, "DecisionUpdate val_data").repeat())
+        self._val_iter = iter(as_batches(val_data, "DecisionUpdate val_data", check_finite=True).repeat())
         self._batches = 0
         self._step: TrainStep | None = None
         self._decide = None
@@ -146,6 +151,7 @@ class DecisionUpdate(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._training = False
         self.loss.sampling.assign(False)
+        warn_if_diverged(self.model.weights, 0, self._batches, "fit with DecisionUpdate")
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1

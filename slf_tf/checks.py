@@ -99,3 +99,46 @@ def warn_if_same_data(x_train: Any, x_val: Any, what: str) -> bool:
         stacklevel=3,
     )
     return True
+
+
+def check_finite_validation(x: Any, y: Any, what: str) -> None:
+    """Refuses non-finite validation inputs or targets: every lookahead that draws one is NaN and skipped,
+    so the decision network silently stops learning."""
+    for part, values in (("inputs", x), ("labels/targets", y)):
+        try:
+            a = np.asarray(values)
+        except (TypeError, ValueError):  # nested inputs: not checked
+            continue
+        if a.dtype.kind not in "fc":
+            continue
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1) if a.ndim else ~np.isfinite(a)
+        if np.any(bad):
+            raise ValueError(
+                f"{what} holds non-finite {part} in {int(bad.sum())} example(s) (the first at index "
+                f"{int(np.argmax(bad))}): the validation loss would be NaN whenever one is drawn and the decision "
+                "network would stop learning. Drop or impute those examples."
+            )
+
+
+def warn_if_diverged(weights: list, skipped: int, steps: int, what: str) -> bool:
+    """Warns when ``fit`` ended with non-finite weights, or skipped steps for want of a finite loss; else False.
+
+    Keras' ``fit`` ends normally either way, and the model then predicts NaN (or was trained on less data)
+    with nothing said.
+    """
+    bad = [getattr(w, "path", getattr(w, "name", "?")) for w in weights if not np.all(np.isfinite(np.asarray(w)))]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        message = (
+            f"{what}: the network's weights are not finite after fit ({shown}). Check the inputs' scale "
+            "(standardise them), lower the learning rate, or set the optimizer's clipnorm."
+        )
+    elif skipped:
+        message = (
+            f"{what}: {skipped} of {steps} training step(s) had no finite candidate loss and were skipped (the "
+            "weights were kept). Look for NaN/Inf or extreme values in the inputs and labels."
+        )
+    else:
+        return False
+    warnings.warn(message, stacklevel=3)
+    return True

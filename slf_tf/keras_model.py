@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from slf_tf import distributed, rng
-from slf_tf.checks import warn_if_same_data
+from slf_tf.checks import check_finite_validation, warn_if_diverged, warn_if_same_data
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
@@ -66,6 +66,7 @@ def _validation_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"validation_data holds {(x.nbytes + y.nbytes) / 2**30:.1f} GiB; SLFModel keeps it in memory (<= 1 GiB)."
         )
+    check_finite_validation(x, y, "SLFModel(validation_data=...)")
     return x, y
 
 
@@ -171,7 +172,13 @@ class SLFModel(keras.Model):
             )
         if self._validation is not None and x is not None and not isinstance(x, tf.data.Dataset):
             warn_if_same_data(x, self._validation[0].numpy(), "SLFModel(validation_data=...)")
-        return super().fit(x, y, *args, **kwargs)
+        loss = self.loss if isinstance(self.loss, CombinedLoss) else None
+        before = (int(loss.step.numpy()), int(loss.skipped_steps.numpy())) if loss is not None else (0, 0)
+        history = super().fit(x, y, *args, **kwargs)
+        if loss is not None:
+            steps, skipped = int(loss.step.numpy()) - before[0], int(loss.skipped_steps.numpy()) - before[1]
+            warn_if_diverged(self.network.weights, skipped, steps, "SLFModel.fit")
+        return history
 
     def set_validation_data(self, validation_data: Any) -> None:
         """Sets (or replaces) the clean held-out split of the decision update."""
