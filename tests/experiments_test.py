@@ -68,7 +68,7 @@ def test_k_sweep_runs_and_plots(tmp_path):
     tags = _tensorboard_tags(tmp_path)
     assert "k_sweep/table" in tags["tensorboard"]
     for k in ("1", "inf"):  # each run keeps the trainer's own summaries, decision network included
-        assert any(t.startswith("slf/") for t in tags[f"runs/digits_clean/K{k}_seed0/tensorboard"]), tags
+        assert any(t.startswith("slf/") for t in tags[f"runs/digits_clean/K{k}_seed0/tensorboard/decision"]), tags
 
 
 def test_categorical_vae_elbo_improves(tmp_path):

@@ -44,7 +44,12 @@ def test_tensorboard_serves_slf_scalars(tmp_path):
                 pass
             time.sleep(1)
         assert "slf/selection_probability" in tags.get("candidates/cross_entropy", {}), sorted(tags)
-        assert "slf/temperature" in tags["."] and "train/loss" in tags["."]
+        assert "slf/temperature" in tags["decision"] and "metrics/loss" in tags["train"]
+        assert "metrics/accuracy" in tags["validation"] and "metrics/accuracy" in tags["test"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/custom_scalars/layout", timeout=5) as r:
+            layout = json.load(r)
+        charts = [c["title"] for category in layout["category"] for c in category["chart"]]
+        assert "selection probability P(selected)" in charts and any(t.startswith("accuracy: train") for t in charts)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

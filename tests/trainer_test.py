@@ -59,19 +59,32 @@ def _tags(directory):
 def test_event_files_hold_slf_tags_with_one_run_per_candidate(finished_run):
     _, _, workdir = finished_run
     root = os.path.join(workdir, "tensorboard")
-    assert sorted(os.listdir(os.path.join(root, "candidates"))) == ["cross_entropy", "focal_gamma_2.0", "mae"]
-    for candidate in ("cross_entropy", "focal_gamma_2.0", "mae"):
+    assert sorted(os.listdir(os.path.join(root, "candidates"))) == ["cross_entropy", "focal(gamma=2.0)", "mae"]
+    for candidate in ("cross_entropy", "focal(gamma=2.0)", "mae"):
         acc, tags = _tags(os.path.join(root, "candidates", candidate))
-        for quantity in ("loss", "selection_probability", "selection_frequency", "weight", "coefficient", "score"):
+        for quantity in (
+            "log10_loss",
+            "selection_probability",
+            "selection_frequency",
+            "weight",
+            "coefficient",
+            "score",
+        ):
             assert f"slf/{quantity}" in tags, (quantity, candidate)
         values = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("slf/selection_probability")]
         assert len(values) == 4 and all(0 <= v <= 1 for v in values)
-    _, scalars = _tags(root)
-    for tag in ("slf/temperature", "slf/hypergrad_norm", "slf/masked_count", "train/loss", "eval/val_accuracy"):
-        assert tag in scalars, tag
-    assert not any(t.startswith("slf/selection_probability") for t in scalars)  # those live in the runs
-    assert "slf/alpha" in scalars  # histogram (stored as a tensor summary in TF2)
-    assert "slf/selection_heatmap" in scalars  # image summary
+    # Train, validation and test are runs of their own with shared tags (one chart, three colours).
+    for run in ("train", "validation", "test"):
+        _, tags = _tags(os.path.join(root, run))
+        assert {"metrics/loss", "metrics/accuracy"} <= tags, (run, tags)
+    _, best = _tags(os.path.join(root, "best"))
+    assert {"metrics_at_best/val_accuracy", "metrics_at_best/test_accuracy"} <= best
+    _, decision = _tags(os.path.join(root, "decision"))
+    assert {"slf/temperature", "slf/hypergrad_norm", "slf/selection_heatmap"} <= decision
+    assert not any(t.startswith("diagnostics/") for t in decision)  # all zero on a healthy run: not written
+    _, top = _tags(root)
+    assert "slf/alpha" not in top and not any(t.startswith(("train/", "eval/", "slf/")) for t in top), top
+    assert "_hparams_/session_start_info" in top and "_hparams_/experiment" in top
 
 
 def test_steps_trace_once(finished_run):

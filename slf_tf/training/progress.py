@@ -48,8 +48,6 @@ class Progress:
         frequency = (selected - self.last_selected) / max(1, step - self.last_step)
         scalars.update(summaries.slf_scalars(loss, metrics, frequency, loss.tags))
         self.writer.scalars(step, scalars)
-        if hasattr(loss, "logits"):
-            self.writer.histogram(step, "slf/alpha", loss.logits()[0])
         self.steps.append(step)
         self.probabilities.append(loss.selection_probabilities().numpy())
         self.last_step, self.last_time, self.last_selected = step, now, selected
@@ -93,6 +91,10 @@ def format_report(results: dict[str, Any], workdir: str) -> str:
     for name, d in sorted(results["decision"].items(), key=lambda kv: -kv[1]["selection_probability"]):
         lines.append(f"  {name:<{width}} {d['selection_probability']:>17.3f} {d['weight']:>12.3f}")
     lines.append(f"TensorBoard:  tensorboard --logdir {os.path.join(workdir, 'tensorboard')}")
+    lines.append(
+        "  Custom Scalars overlays the candidates per quantity. TensorBoard's default 'Ignore outliers in chart "
+        "scaling' clips the top and bottom 5% of a chart: untick it to see every candidate whole."
+    )
     return "\n".join(lines)
 
 

@@ -59,8 +59,11 @@ class Restart:
     def _total(self) -> int:
         return self.trainer.config.num_train_steps
 
-    def apply(self, step: int) -> None:
-        """Restarts the main network (fresh, or from the best checkpoint); the decision network goes on."""
+    def apply(self, step: int) -> str:
+        """Restarts the main network (fresh, or from the best checkpoint); the decision network goes on.
+
+        Returns what was done, in a sentence.
+        """
         t = self.trainer
         best = t.checkpointer.best() if self.source == "best" else None
         if best is not None:
@@ -78,4 +81,6 @@ class Restart:
                     variable.assign(tf.zeros_like(variable))
             how = "from fresh weights"
         self.restarted_at.assign(step)
-        logging.info("Step %d: restarting the main network %s with the decision learned so far.", step, how)
+        message = f"Step {step}: restarted the main network {how} with the decision learned so far."
+        logging.info("%s", message)
+        return message

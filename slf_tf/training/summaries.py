@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["MetricWriter", "selection_heatmap_png", "slf_layout", "slf_scalars"]
+from slf_tf.metrics import HEADLINE
+
+__all__ = ["MetricWriter", "route", "selection_heatmap_png", "slf_layout", "slf_scalars"]
 
 
 def _scalar(v: Any) -> float | None:
@@ -20,85 +23,181 @@ def _scalar(v: Any) -> float | None:
     return float(arr) if arr.size == 1 else None
 
 
+#: Counters that are zero on a healthy run: written (under ``diagnostics/``) only once they are not.
+DIAGNOSTICS = ("slf/decision_skipped", "slf/masked_count", "slf/skipped_steps", "train/main_skipped")
+
+
+def candidate_run_name(name: str, tag: str) -> str:
+    """A candidate's TensorBoard run (a folder under ``candidates/``): its own name where a folder can carry it."""
+    return tag if "/" in name or "\\" in name or name.startswith(".") or not name.strip() else name
+
+
+#: ``eval/<head><metric>`` -> (run, tag prefix): the validation and test curves, and both at the best checkpoint.
+_EVAL_ROUTES = (
+    ("val_", "validation", "metrics/"),
+    ("test_", "test", "metrics/"),
+    ("best_test_", "best", "metrics_at_best/test_"),
+    ("best_", "best", "metrics_at_best/val_"),
+)
+
+
+def route(key: str, candidates: Mapping[str, str]) -> tuple[str, str]:
+    """Where a flat metric name of ``metrics.jsonl`` goes in TensorBoard: ``(run, tag)``.
+
+    Train, validation and test share the tags ``metrics/<name>`` in runs of their own, so one chart overlays
+    them in distinct colours (as Keras writes ``train/`` and ``validation/``); per-candidate quantities go to
+    one run per candidate (``candidates`` maps a log-safe tag to its run); the decision's scalars to ``decision``.
+    """
+    if key in DIAGNOSTICS:
+        return "decision", "diagnostics/" + key.partition("/")[2]
+    prefix, _, last = key.rpartition("/")
+    if prefix in _PER_CANDIDATE_TAGS and last in candidates:
+        return f"candidates/{candidates[last]}", prefix
+    group, _, name = key.partition("/")
+    if group == "train":
+        return "train", ("speed/" if name == "steps_per_second" else "metrics/") + name
+    if group == "eval":
+        for head, run, tag in _EVAL_ROUTES:
+            if name.startswith(head):
+                return run, tag + name[len(head) :]
+    if group == "slf":
+        return "decision", key
+    return ".", key
+
+
+def _for_display(tag: str, value: float) -> tuple[str, float]:
+    """Candidate losses span decades (squared hinge ~60 beside GCE ~0.3): TensorBoard gets log10 of them."""
+    if tag == "slf/loss":
+        return "slf/log10_loss", math.log10(max(value, 1e-12))
+    return tag, value
+
+
 class MetricWriter:
     """Writes scalars to TensorBoard and ``metrics.jsonl``; a no-op when ``enabled`` is False.
 
-    Per-candidate scalars (``slf/<quantity>/<candidate>``) go to one TensorBoard
-    run per candidate, ``tensorboard/candidates/<candidate>/``, under the tag
-    ``slf/<quantity>``. TensorBoard then overlays the candidates in one chart per
-    quantity, each with its own colour and legend entry, the way Keras overlays
-    train and validation. ``metrics.jsonl`` keeps the flat names.
+    ``metrics.jsonl`` keeps the flat names (``train/accuracy``, ``slf/weight/<candidate>``); TensorBoard gets
+    them in named runs (:func:`route`). ``candidates`` maps each candidate's log-safe tag to its display name.
     """
 
-    def __init__(self, workdir: str, enabled: bool = True, candidates: Sequence[str] = ()):
+    def __init__(self, workdir: str, enabled: bool = True, candidates: Mapping[str, str] | None = None,
+                 jsonl: bool = True):  # fmt: skip
         self.enabled = enabled
         self.workdir = workdir
-        self.candidates = tuple(candidates)
+        self.runs = {tag: candidate_run_name(name, tag) for tag, name in (candidates or {}).items()}
+        self.root = os.path.join(workdir, "tensorboard") if jsonl else workdir
+        self._writers: dict[str, Any] = {}
+        self._jsonl = None
         if enabled:
-            root = os.path.join(workdir, "tensorboard")
-            self._tb = tf.summary.create_file_writer(root)
-            self._runs = {c: tf.summary.create_file_writer(os.path.join(root, "candidates", c)) for c in candidates}
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
-        else:
-            self._tb = tf.summary.create_noop_writer()
-            self._runs = {}
-            self._jsonl = None
+            self._writers["."] = tf.summary.create_file_writer(self.root)
+            if jsonl:
+                self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 (closed in close())
+
+    def _writer(self, run: str):
+        if run not in self._writers:
+            self._writers[run] = tf.summary.create_file_writer(os.path.join(self.root, run))
+        return self._writers[run]
 
     def scalars(self, step: int, metrics: Mapping[str, Any]) -> None:
         values = {k: _scalar(v) for k, v in metrics.items()}
         values = {k: v for k, v in values.items() if v is not None}
         if not self.enabled:
             return
-        per_run: dict[Any, dict[str, float]] = {}
+        per_run: dict[str, dict[str, float]] = {}
         for key, value in values.items():
-            prefix, _, candidate = key.rpartition("/")
-            routed = prefix in _PER_CANDIDATE_TAGS and candidate in self._runs
-            writer, tag = (self._runs[candidate], prefix) if routed else (self._tb, key)
-            per_run.setdefault(writer, {})[tag] = value
-        for writer, tags in per_run.items():
-            with writer.as_default(step=step):
+            if key in DIAGNOSTICS and value == 0:
+                continue
+            run, tag = route(key, self.runs)
+            tag, shown = _for_display(tag, value)
+            per_run.setdefault(run, {})[tag] = shown
+        for run, tags in per_run.items():
+            with self._writer(run).as_default(step=step):
                 for tag, value in tags.items():
                     tf.summary.scalar(tag, value)
-        self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-        self._jsonl.flush()
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+            self._jsonl.flush()
 
-    def histogram(self, step: int, name: str, values: Any) -> None:
+    def image_png(self, step: int, name: str, png: bytes, run: str = "decision") -> None:
         if self.enabled:
-            with self._tb.as_default(step=step):
-                tf.summary.histogram(name, values)
-
-    def image_png(self, step: int, name: str, png: bytes) -> None:
-        if self.enabled:
-            with self._tb.as_default(step=step):
+            with self._writer(run).as_default(step=step):
                 tf.summary.image(name, tf.image.decode_png(png)[None])
 
-    def hparams(self, flat: Mapping[str, Any]) -> None:
+    def text(self, step: int, name: str, markdown: str, run: str = "decision") -> None:
+        if self.enabled:
+            with self._writer(run).as_default(step=step):
+                tf.summary.text(name, markdown)
+
+    def hparams(self, flat: Mapping[str, Any], trial_id: str, task: str) -> None:
+        """The run's config for TensorBoard's HParams: what tells runs apart first, integers as integers, and
+        named metrics (validation and test at the best checkpoint, test at the last step)."""
         if not self.enabled:
             return
         from tensorboard.plugins.hparams import api as hp
 
-        clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in flat.items()}
-        with self._tb.as_default(step=0):
-            hp.hparams(clean)
+        # TensorBoard lists hparams by name (those that differ between runs first) and shows the first five: the
+        # fields that tell runs apart get names that sort first, and their own name as the display name.
+        first = [k for k in HPARAMS_FIRST if k in flat]
+        names = {k: f"!{i:02d} {k}" for i, k in enumerate(first)}
+        params = {hp.HParam(names.get(k, k), display_name=k): _hparam_value(v) for k, v in flat.items()}
+        headline = HEADLINE[task]
+        metrics = [
+            hp.Metric(f"metrics_at_best/val_{headline}", group="best", display_name=f"best validation {headline}"),
+            hp.Metric(
+                f"metrics_at_best/test_{headline}", group="best", display_name=f"test {headline} at the best checkpoint"
+            ),
+            hp.Metric(f"metrics/{headline}", group="test", display_name=f"test {headline} at the last step"),
+            hp.Metric(f"metrics/{headline}", group="validation", display_name=f"validation {headline} (last)"),
+        ]
+        with self._writers["."].as_default(step=0):
+            hp.hparams_config(hparams=list(params), metrics=metrics)
+            hp.hparams(params, trial_id=trial_id)
 
     def layout(self, layout_proto) -> None:
         if not self.enabled:
             return
         from tensorboard.plugins.custom_scalar import summary as cs_summary
 
-        with self._tb.as_default(step=0):
+        with self._writers["."].as_default(step=0):
             tf.summary.experimental.write_raw_pb(cs_summary.pb(layout_proto).SerializeToString(), step=0)
 
     def flush(self) -> None:
-        if self.enabled:
-            for writer in (self._tb, *self._runs.values()):
-                writer.flush()
+        for writer in self._writers.values():
+            writer.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            for writer in (self._tb, *self._runs.values()):
-                writer.close()
+        for writer in self._writers.values():
+            writer.close()
+        if self._jsonl is not None:
             self._jsonl.close()
+
+
+#: HParams columns shown first (TensorBoard shows the first few by default): what tells runs apart.
+HPARAMS_FIRST = (
+    "loss.strategy",
+    "loss.candidates",
+    "loss.k",
+    "data.name",
+    "data.label_noise",
+    "data.noise_kind",
+    "model.name",
+    "seed",
+    "optimizer.name",
+    "optimizer.learning_rate",
+    "num_train_steps",
+    "batch_size",
+    "decision.restart_fraction",
+)
+
+
+def _hparam_value(v: Any) -> bool | float | str:
+    """HParams shows numbers with five significant digits (64 as 64.000): integers go as their digits."""
+    if isinstance(v, bool) or isinstance(v, float):
+        return v
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, (tuple, list)):
+        return ", ".join(str(x) for x in v)
+    return str(v)
 
 
 def slf_scalars(loss: Any, metrics: Mapping[str, Any], frequency: np.ndarray, tags: Sequence[str]) -> dict[str, float]:
@@ -136,65 +235,76 @@ PER_CANDIDATE = (
     ("coefficient", "coefficient c_i = a_i b_i"),
     ("selection_frequency", "realised selection frequency"),
     ("score", "hypergradient score -dJ/dc_i"),
-    ("loss", "candidate loss L_i (train batch)"),
+    ("loss", "candidate loss L_i (train batch), log10"),
 )
 
 
 _PER_CANDIDATE_TAGS = {f"slf/{quantity}" for quantity, _ in PER_CANDIDATE}
 
 
-def slf_layout(names: Sequence[str] = ()):
-    """Custom-scalars layout: one chart per quantity, one line (a run) per candidate loss."""
+def slf_layout(headline: str = "accuracy"):
+    """Custom-scalars layout: one chart per quantity, one line (a run) per candidate loss; train, validation
+    and test overlaid per metric."""
     from tensorboard.plugins.custom_scalar import layout_pb2
-
-    del names  # the candidates are runs: every chart overlays all of them
 
     def chart(title, regex):
         return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
 
-    per_candidate = [chart(title, rf"^slf/{quantity}$") for quantity, title in PER_CANDIDATE]
+    per_candidate = [
+        chart(title, rf"^slf/{'log10_loss' if quantity == 'loss' else quantity}$") for quantity, title in PER_CANDIDATE
+    ]
+    quality = [
+        chart(f"{headline}: train (on its own labels, noisy if corrupted), validation, test", rf"^metrics/{headline}$"),
+        chart("loss: train (the combined loss), validation, test", r"^metrics/loss$"),
+        chart(f"at the best checkpoint: validation and test {headline}", rf"^metrics_at_best/(val|test)_{headline}$"),
+    ]
     decision = [
         chart("temperature", r"^slf/temperature$"),
         chart("hypergradient norm", r"^slf/hypergrad_norm$"),
         chart("validation loss after the virtual step", r"^slf/val_loss_lookahead$"),
-        chart("accuracy / MAE", r"^(train/accuracy|train/mae|eval/val_accuracy|eval/val_mae)$"),
     ]
     return layout_pb2.Layout(
         category=[
             layout_pb2.Category(title="SLF: per candidate loss (one run per candidate)", chart=per_candidate),
+            layout_pb2.Category(title="Train, validation, test", chart=quality),
             layout_pb2.Category(title="SLF: the decision update", chart=decision),
         ]
     )
 
 
-def selection_heatmap_png(names: Sequence[str], steps: Sequence[int], probabilities: np.ndarray) -> bytes:
-    """A heatmap (candidates x steps) of the selection probability, as PNG bytes.
+def selection_heatmap_png(
+    names: Sequence[str], steps: Sequence[int], probabilities: np.ndarray, restart_step: int | None = None
+) -> bytes:
+    """A heatmap (candidates x logged steps) of P(selected), as PNG bytes, legible as TensorBoard's thumbnail.
 
-    Full candidate names on the y axis; the x axis is in steps with ticks spaced
-    for any length of run.
+    Each row carries its candidate's name; the x ticks are logged steps; a restart is a labelled line.
     """
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.patheffects as effects
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     probabilities = np.asarray(probabilities).T  # [N, T]
     steps = np.asarray(steps, float)
     half = (steps[1] - steps[0]) / 2 if len(steps) > 1 else 0.5
-    label_width = 0.09 * max(len(n) for n in names)  # inches of y labels
-    fig, ax = plt.subplots(figsize=(8.0 + label_width, 0.42 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(5.4, 0.5 * len(names) + 1.1), dpi=100)
     extent = (steps[0] - half, steps[-1] + half, len(names) - 0.5, -0.5)
-    im = ax.imshow(probabilities, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest",
-                   extent=extent)  # fmt: skip
-    ax.set_yticks(range(len(names)), labels=list(names), fontsize=9)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
-    ax.tick_params(axis="x", labelsize=9)
-    ax.set_xlabel("step")
-    ax.set_title("P(selected) per candidate loss")
-    fig.colorbar(im, ax=ax, fraction=0.025, pad=0.02)
-    fig.tight_layout()
+    ax.imshow(probabilities, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest",
+              extent=extent)  # fmt: skip
+    outline = [effects.withStroke(linewidth=3, foreground="black")]
+    for row, name in enumerate(names):
+        ax.text(extent[0], row, f" {name}", va="center", ha="left", fontsize=15, color="white", path_effects=outline)
+    ticks = steps[np.unique(np.linspace(0, len(steps) - 1, min(len(steps), 4)).round().astype(int))]
+    ax.set_xticks(ticks, labels=[f"{int(t)}" for t in ticks], fontsize=14)
+    ax.set_yticks([])
+    restarted = restart_step is not None and restart_step >= 0
+    if restarted:
+        ax.axvline(restart_step, color="red", linewidth=2.5, linestyle="--")
+        ax.text(restart_step, -0.5, "restart", color="red", fontsize=14, ha="center", va="bottom")
+    ax.set_title("P(selected): dark 0, yellow 1", fontsize=15, loc="left", pad=18 if restarted else 6)
+    fig.tight_layout(pad=0.3)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()

@@ -262,11 +262,12 @@ class Trainer:
             if finished:
                 self.files.drop_final_evaluation(start)  # the re-evaluation writes its row again
             self.files.write_config(c)
-        candidates = self.loss.tags
+        candidates = dict(zip(self.loss.tags, self.loss.names, strict=True))
         writer = summaries.MetricWriter(self.workdir, enabled=self.is_chief, candidates=candidates)
         if start == 0:
-            writer.hparams(_flatten(c))
-            writer.layout(summaries.slf_layout(self.loss.names))
+            trial = os.path.basename(os.path.abspath(self.workdir))
+            writer.hparams(_flatten(c), trial_id=trial, task=self.data.task)
+            writer.layout(summaries.slf_layout(metrics_lib.HEADLINE[self.data.task]))
         if finished:  # re-evaluate
             return self._finish(writer, start)
         logging.info("%s; %d replica(s); training steps %d..%d.", self.data.summary(), self.replicas, start, total)
@@ -281,7 +282,7 @@ class Trainer:
         try:
             for step in range(start, total):
                 if self.restart.due_before(step):
-                    self.restart.apply(step)
+                    self._restart(writer, step)
                 if step % steps_per_epoch == 0:  # where the "last epoch" window of the final table starts
                     self.epoch_start.assign(tf.concat([self.loss.totals, [float(step)]], axis=0))
                 latest.update(self._steps[step % c.decision.every == 0](iterator))  # keeps the last decision's
@@ -303,6 +304,10 @@ class Trainer:
             return results
         finally:
             sigterm.restore()
+
+    def _restart(self, writer: summaries.MetricWriter, step: int) -> None:
+        """Restarts the main network (``restart.py``) and marks the step in TensorBoard."""
+        writer.text(step, "slf/restart", self.restart.apply(step))
 
     def _save(self, step: int, metrics: dict) -> None:
         del metrics
@@ -335,12 +340,18 @@ class Trainer:
             test = self.evaluate("test")
             self.checkpointer.save_best(step, {"metric": self.best_metric, "val": val, "test": test})
             scalars.update({f"eval/best_{k}": v for k, v in val.items()})
+            scalars.update({f"eval/best_test_{k}": v for k, v in test.items()})
         writer.scalars(step, scalars)
         if progress.steps:
-            heatmap = summaries.selection_heatmap_png(self.loss.names, progress.steps, np.stack(progress.probabilities))
+            heatmap = summaries.selection_heatmap_png(
+                self.loss.names,
+                progress.steps,
+                np.stack(progress.probabilities),
+                int(self.restart.restarted_at.numpy()),
+            )
             writer.image_png(step, "slf/selection_heatmap", heatmap)
         if self.restart.due_after_evaluation(step):
-            self.restart.apply(step)
+            self._restart(writer, step)
         if self._patience_exhausted(step):
             logging.info(
                 "Early stopping at step %d: %s has not improved for %d evaluations.",
