@@ -10,6 +10,8 @@ While attached, the callback turns the loss's sampling on for training batches
 (:meth:`slf_tf.train_step.TrainStep.decide`): it re-draws the ``c`` of the batch
 just taken (the same seed) and computes the validation hypergradient on a batch of
 ``train_data`` and a batch of ``val_data`` at the weights the main step produced.
+The decision's keys join each epoch's logs; add :class:`CompactProgbar` for a progress
+bar without them, :class:`SLFTensorBoard` for TensorBoard.
 :class:`slf_tf.SLFModel` instead fuses the decision update into ``fit``'s own
 step (one forward/backward, ``fit``'s own batches, the virtual step from the
 weights the main step starts from): prefer it where you can wrap the model.
@@ -24,10 +26,11 @@ import numpy as np
 import tensorflow as tf
 
 from slf_tf.checks import check_finite_validation, warn_if_diverged, warn_if_same_data
+from slf_tf.keras_views import CompactProgbar, SLFTensorBoard
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
-__all__ = ["DecisionUpdate", "as_batches"]
+__all__ = ["CompactProgbar", "DecisionUpdate", "SLFTensorBoard", "as_batches"]
 
 
 def as_batches(data: Any, name: str, batch_size: int = 128, check_finite: bool = False) -> tf.data.Dataset:

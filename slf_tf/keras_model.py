@@ -17,6 +17,7 @@ noise-free expected coefficients and changes no state.
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from typing import Any
 
@@ -26,6 +27,7 @@ import tensorflow as tf
 
 from slf_tf import distributed, rng
 from slf_tf.checks import check_finite_validation, warn_if_diverged, warn_if_same_data
+from slf_tf.keras_views import CompactProgbar
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
@@ -162,19 +164,29 @@ class SLFModel(keras.Model):
             self._step = TrainStep(self.network, self.loss, self.optimizer, self.decision_optimizer, self.settings)
         return self._step
 
-    def fit(self, x: Any = None, y: Any = None, *args: Any, **kwargs: Any):
-        """Keras' ``fit``; warns where the decision's split and fit's own could be mistaken for each other."""
-        if kwargs.get("validation_split"):
+    def fit(self, *args: Any, **kwargs: Any):
+        """Keras' ``fit`` with a compact progress bar (:class:`slf_tf.callbacks.CompactProgbar`, unless you pass
+        a ``ProgbarLogger``); warns where the decision's split and fit's own could be mistaken for each other,
+        and when the fit ends with non-finite weights or skipped steps."""
+        arguments = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs).arguments
+        arguments.pop("self")
+        arguments.update(arguments.pop("kwargs", {}))
+        if arguments.get("validation_split"):
             warnings.warn(
-                f"fit(validation_split={kwargs['validation_split']}) only sets what Keras reports as val_*; the "
+                f"fit(validation_split={arguments['validation_split']}) only sets what Keras reports as val_*; the "
                 "decision network learns from SLFModel's validation_data, not from that split.",
                 stacklevel=2,
             )
+        x = arguments.get("x")
         if self._validation is not None and x is not None and not isinstance(x, tf.data.Dataset):
             warn_if_same_data(x, self._validation[0].numpy(), "SLFModel(validation_data=...)")
+        callbacks = list(arguments.get("callbacks") or [])
+        if not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+            callbacks.append(CompactProgbar())  # one slf_* key per candidate would make a 600-character line
+        arguments["callbacks"] = callbacks
         loss = self.loss if isinstance(self.loss, CombinedLoss) else None
         before = (int(loss.step.numpy()), int(loss.skipped_steps.numpy())) if loss is not None else (0, 0)
-        history = super().fit(x, y, *args, **kwargs)
+        history = super().fit(**arguments)
         if loss is not None:
             steps, skipped = int(loss.step.numpy()) - before[0], int(loss.skipped_steps.numpy()) - before[1]
             warn_if_diverged(self.network.weights, skipped, steps, "SLFModel.fit")

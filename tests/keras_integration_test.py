@@ -103,6 +103,64 @@ def test_decision_shows_in_history_and_the_tensorboard_callback(tmp_path):
     assert len(history["slf_p_focal_gamma_2.0"]) == 2 and "slf_hypergrad_norm" in history
 
 
+def _run_values(directory, tag):
+    acc = event_accumulator.EventAccumulator(directory, size_guidance={"tensors": 0})
+    acc.Reload()
+    return (
+        [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+        if tag in acc.Tags()["tensors"]
+        else []
+    )
+
+
+@pytest.mark.parametrize("path", ["slf_model", "callback"])
+def test_slf_tensorboard_writes_one_run_per_candidate_wherever_it_stands_in_the_list(tmp_path, path):
+    """It reads the loss, not fit's logs: listed before DecisionUpdate it still sees the decision."""
+    (x, y), val, _ = _digits()
+    log_dir = str(tmp_path / "logs")
+    board = slf_tf.callbacks.SLFTensorBoard(log_dir, update_freq=5)
+    if path == "slf_model":
+        model, _ = _fused()
+        model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[board, keras.callbacks.TensorBoard(log_dir)])
+    else:
+        model, _ = _compiled()
+        update = slf_tf.callbacks.DecisionUpdate((x, y), val)
+        model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[board, update])
+    assert sorted(os.listdir(os.path.join(log_dir, "candidates"))) == ["cross_entropy", "focal(gamma=2.0)", "mae"]
+    probabilities = _run_values(os.path.join(log_dir, "candidates", "mae"), "slf/selection_probability")
+    assert [step for step, _ in probabilities] == [5, 10, 15, 20]  # every 5 of the 20 steps
+    assert all(0.0 <= p <= 1.0 for _, p in probabilities)
+    assert len({round(p, 6) for _, p in probabilities}) > 1  # the decision moved, and the board saw it move
+    decision = event_accumulator.EventAccumulator(os.path.join(log_dir, "decision"))
+    decision.Reload()
+    assert {"slf/selection_heatmap", "slf/temperature"} <= set(decision.Tags()["tensors"])
+    if path == "slf_model":  # beside keras.callbacks.TensorBoard's own runs, in the same log_dir
+        assert {"train", "candidates", "decision"} <= set(os.listdir(log_dir))
+
+
+def test_slf_model_prints_a_compact_bar_and_keeps_every_key_in_history(capsys):
+    (x, y), _, _ = _digits()
+    model, _ = _fused()
+    history = model.fit(x, y, batch_size=64, epochs=2, verbose=2).history
+    out = capsys.readouterr().out
+    assert "slf_p_" not in out and "slf_w_" not in out
+    assert out.count("decision: ") == 2 and "P " in out  # one line per epoch: the favoured candidates
+    assert max(len(line) for line in out.splitlines()) < 160
+    assert {"slf_p_mae", "slf_w_mae", "slf_temperature", "slf_hypergrad_norm"} <= set(history)
+    model.fit(x, y, batch_size=64, epochs=1, verbose=2, callbacks=[keras.callbacks.ProgbarLogger()])
+    assert "slf_p_mae" in capsys.readouterr().out  # a progress bar of your own is kept as it is
+
+
+def test_view_callbacks_refuse_what_they_cannot_show():
+    with pytest.raises(ValueError, match="update_freq must be 'epoch' or an integer >= 1; got 0"):
+        slf_tf.callbacks.SLFTensorBoard("logs", update_freq=0)
+    plain = _network()
+    plain.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    (x, y), _, _ = _digits()
+    with pytest.raises(ValueError, match="SLFTensorBoard needs a model compiled with a slf_tf combined loss"):
+        plain.fit(x, y, epochs=1, verbose=0, callbacks=[slf_tf.callbacks.SLFTensorBoard("logs")])
+
+
 def test_validation_loss_is_noise_free_and_a_cross_entropy_metric_is_comparable():
     (x, y), val, (xt, yt) = _digits()
     model, loss = _compiled()

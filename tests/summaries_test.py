@@ -11,7 +11,7 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from slf_tf.training import summaries
+from slf_tf import summaries
 
 RUNS = {"focal_gamma_2.0": "focal(gamma=2.0)", "mae": "mae"}
 

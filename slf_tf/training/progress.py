@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import logging
 
 from slf_tf import metrics as metrics_lib
-from slf_tf.training import summaries
+from slf_tf import summaries
 
 __all__ = ["ConsoleFormatter", "Progress", "format_eta", "format_report", "setup_console_logging"]
 

@@ -31,10 +31,10 @@ from absl import logging
 
 from slf_tf import data as data_lib
 from slf_tf import metrics as metrics_lib
-from slf_tf import models
+from slf_tf import models, summaries
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import TrainStep
-from slf_tf.training import checkpointing, config_checks, factories, input_pipeline, preemption, summaries
+from slf_tf.training import checkpointing, config_checks, factories, input_pipeline, preemption
 from slf_tf.training import export as export_lib
 from slf_tf.training import progress as progress_lib
 from slf_tf.training import restart as restart_lib

@@ -242,22 +242,29 @@ PER_CANDIDATE = (
 _PER_CANDIDATE_TAGS = {f"slf/{quantity}" for quantity, _ in PER_CANDIDATE}
 
 
-def slf_layout(headline: str = "accuracy"):
+def slf_layout(headline: str = "accuracy", keras_metrics: bool = False):
     """Custom-scalars layout: one chart per quantity, one line (a run) per candidate loss; train, validation
-    and test overlaid per metric."""
+    and test overlaid per metric (``keras_metrics``: the ``epoch_*`` tags of ``keras.callbacks.TensorBoard``)."""
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     def chart(title, regex):
         return layout_pb2.Chart(title=title, multiline=layout_pb2.MultilineChartContent(tag=[regex]))
 
     per_candidate = [
-        chart(title, rf"^slf/{'log10_loss' if quantity == 'loss' else quantity}$") for quantity, title in PER_CANDIDATE
+        chart(title, rf"^slf/{'log10_loss' if quantity == 'loss' else quantity}$")
+        for quantity, title in PER_CANDIDATE
+        if not (keras_metrics and quantity == "score")  # fit's logs carry no per-candidate scores
     ]
     quality = [
         chart(f"{headline}: train (on its own labels, noisy if corrupted), validation, test", rf"^metrics/{headline}$"),
         chart("loss: train (the combined loss), validation, test", r"^metrics/loss$"),
         chart(f"at the best checkpoint: validation and test {headline}", rf"^metrics_at_best/(val|test)_{headline}$"),
     ]
+    if keras_metrics:
+        quality = [
+            chart("accuracy: train (on its own labels), validation", r"^epoch_(sparse_categorical_)?accuracy$"),
+            chart("loss: train (the combined loss), validation", r"^epoch_loss$"),
+        ]
     decision = [
         chart("temperature", r"^slf/temperature$"),
         chart("hypergradient norm", r"^slf/hypergrad_norm$"),
@@ -266,7 +273,7 @@ def slf_layout(headline: str = "accuracy"):
     return layout_pb2.Layout(
         category=[
             layout_pb2.Category(title="SLF: per candidate loss (one run per candidate)", chart=per_candidate),
-            layout_pb2.Category(title="Train, validation, test", chart=quality),
+            layout_pb2.Category(title="Train, validation" + ("" if keras_metrics else ", test"), chart=quality),
             layout_pb2.Category(title="SLF: the decision update", chart=decision),
         ]
     )
