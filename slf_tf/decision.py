@@ -19,6 +19,7 @@ import tensorflow as tf
 __all__ = ["DecisionNetwork", "KINDS", "create_decision_network", "feature_size"]
 
 KINDS = ("static", "state")
+MAX_WIDTH = 2**16  # a wider state network is a typo or a hostile file, not a decision network
 
 
 def feature_size(num_losses: int) -> int:
@@ -42,8 +43,8 @@ class DecisionNetwork(keras.layers.Layer):
             raise ValueError(f"Unknown decision network kind {kind!r}; known: {list(KINDS)}.")
         if isinstance(num_losses, bool) or not isinstance(num_losses, int) or num_losses < 1:
             raise ValueError(f"num_losses must be an integer >= 1; got {num_losses!r}.")
-        if hidden_units < 1:
-            raise ValueError(f"hidden_units must be >= 1; got {hidden_units!r}.")
+        if isinstance(hidden_units, bool) or not isinstance(hidden_units, int) or not 1 <= hidden_units <= MAX_WIDTH:
+            raise ValueError(f"hidden_units must be an integer in [1, {MAX_WIDTH}]; got {hidden_units!r}.")
         self.num_losses, self.kind, self.hidden_units = num_losses, kind, int(hidden_units)
         n = num_losses
         if kind == "static":

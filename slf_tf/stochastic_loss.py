@@ -411,8 +411,22 @@ class CombinedLoss(keras.losses.Loss):
         variables = self.state_variables + self.decision_variables
         if len(state) != len(variables):
             raise ValueError(f"Saved loss state has {len(state)} values; this loss has {len(variables)} variables.")
+        values = []
         for variable, value in zip(variables, state, strict=True):
-            variable.assign(np.asarray(value, dtype=np.dtype(variable.dtype)).reshape(variable.shape))
+            array = np.asarray(value, dtype=np.dtype(variable.dtype))
+            if array.size != int(np.prod(variable.shape)):
+                raise ValueError(
+                    f"Saved loss state for {variable.path!r} has {array.size} values; it needs shape {variable.shape}."
+                )
+            # The last step's candidate losses may be non-finite (a masked candidate); nothing else may be.
+            if variable is not self.last and not np.all(np.isfinite(array)):
+                raise ValueError(
+                    f"Saved loss state for {variable.path!r} holds non-finite values: the file is damaged or was "
+                    "edited. Load it with compile=False and compile with a fresh loss, or use an earlier save."
+                )
+            values.append(array.reshape(variable.shape))
+        for variable, array in zip(variables, values, strict=True):  # all checked first: nothing half-assigned
+            variable.assign(array)
 
 
 @keras.saving.register_keras_serializable(package="slf_tf")

@@ -1,6 +1,7 @@
 """The Keras path as Keras users use it: MirroredStrategy fit, Keras' own callbacks, logs, save/reload."""
 
 import glob
+import json
 import os
 import warnings
 
@@ -374,3 +375,34 @@ def test_fit_that_diverges_says_so():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a healthy fit says nothing
         plain.fit(x, y, batch_size=64, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda loss: loss["state"][-1].__setitem__(0, float("nan")), r"Saved loss state for .* holds non-finite"),
+        (lambda loss: loss.update(decision_network="state", hidden_units=2_000_000_000), r"hidden_units must be an"),
+        (lambda loss: loss["state"].__setitem__(0, [1, 2, 3]), r"Saved loss state for .* has 3 values"),
+    ],
+)
+def test_a_damaged_or_hostile_keras_file_is_refused_naming_what_is_wrong(tmp_path, edit, message):
+    """A .keras file's loss config is data: a NaN decision, a 2e9-wide network or a wrong shape is refused
+    before anything is assigned or built."""
+    import zipfile
+
+    model, _ = _compiled()
+    (x, y), _, _ = _digits()
+    model.fit(x[:64], y[:64], batch_size=64, epochs=1, verbose=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    with zipfile.ZipFile(path) as z:
+        files = {name: z.read(name) for name in z.namelist()}
+    config = json.loads(files["config.json"])
+    edit(config["compile_config"]["loss"]["config"])
+    files["config.json"] = json.dumps(config).encode()
+    edited = str(tmp_path / "edited.keras")
+    with zipfile.ZipFile(edited, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with pytest.raises(Exception, match=message):
+        keras.models.load_model(edited)

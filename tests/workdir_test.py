@@ -304,3 +304,20 @@ def test_sigterm_during_the_final_evaluation_finishes_the_run(tmp_path, caplog):
     assert results["step"] == 10 and "preempted" not in results
     assert "SIGTERM during the final evaluation" in caplog.text
     assert json.load(open(tmp_path / "results.json"))["step"] == 10 and not (tmp_path / ".lock").exists()
+
+
+def test_export_on_a_full_disk_names_the_directory_and_the_fix(tmp_path, monkeypatch):
+    """Disk full during the export: an OSError naming where and what to do, not a traceback from deep in Keras."""
+    import errno
+
+    from slf_tf.training import export as export_lib
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save", full)
+    directory = str(tmp_path / "export")
+    with pytest.raises(OSError, match=r"Could not export the model to .*export \(No space left on device\).*rerun"):
+        export_lib.export_model(model, directory)

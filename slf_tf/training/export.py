@@ -13,11 +13,22 @@ __all__ = ["export_best", "export_model"]
 
 
 def export_model(model: keras.Model, directory: str) -> tuple[str, str]:
-    """Writes ``directory/model.keras`` and ``directory/saved_model``; returns both paths."""
-    os.makedirs(directory, exist_ok=True)
+    """Writes ``directory/model.keras`` and ``directory/saved_model``; returns both paths.
+
+    A failed write (a full disk, no permission) raises ``OSError`` naming the directory and the fix.
+    """
     keras_path, saved_path = os.path.join(directory, "model.keras"), os.path.join(directory, "saved_model")
-    model.save(keras_path)
-    model.export(saved_path, format="tf_saved_model", verbose=False)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        model.save(keras_path)
+        model.export(saved_path, format="tf_saved_model", verbose=False)
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        raise OSError(
+            f"Could not export the model to {directory} ({reason}). Free space there (or fix its permissions) and "
+            "rerun with the same workdir: training is done and kept in checkpoints/; the rerun only re-evaluates "
+            "and exports."
+        ) from e
     return keras_path, saved_path
 
 
