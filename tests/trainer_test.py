@@ -303,9 +303,10 @@ def test_restart_retrains_the_main_network_once_with_the_learned_decision(tmp_pa
     def spy(step):
         seen["before"] = [w.numpy().copy() for w in trainer.model.trainable_variables]
         seen["decision"] = [v.numpy().copy() for v in trainer.loss.decision_variables]
-        apply(step)
+        message = apply(step)
         seen["after"] = [w.numpy().copy() for w in trainer.model.trainable_variables]
         seen["decision_after"] = [v.numpy().copy() for v in trainer.loss.decision_variables]
+        return message
 
     trainer.restart.apply = spy
     results = trainer.run()
@@ -316,6 +317,13 @@ def test_restart_retrains_the_main_network_once_with_the_learned_decision(tmp_pa
     assert float(trainer.main_optimizer.learning_rate.numpy()) == pytest.approx(1e-3)  # not reset
     assert int(trainer.main_optimizer.iterations.numpy()) == 20 - at  # reset at the restart
     assert Trainer(_config(**overrides), str(tmp_path)).run()["restarted_at"] == at  # recorded in the checkpoint
+    text = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard" / "decision"))
+    text.Reload()
+    (event,) = text.Tensors("slf/restart")  # the restart, marked in TensorBoard at its step
+    assert (
+        event.step == at
+        and f"Step {at}: restarted the main network" in tf.make_ndarray(event.tensor_proto).item().decode()
+    )
 
 
 @pytest.mark.parametrize("strategy", ["uncertainty", "fixed"])
