@@ -41,3 +41,14 @@ def test_importing_the_trainers_prints_no_error_line_without_a_gpu():
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "3.0", proc.stderr
     assert "cuInit" not in proc.stderr and "E0000" not in proc.stderr, proc.stderr
+    assert "oneDNN" not in proc.stderr and "I0000" not in proc.stderr, proc.stderr  # INFO, below the level asked for
+
+
+def test_info_lines_are_quiet_only_below_the_level_asked_for(monkeypatch):
+    banner = "I0000 00:00:1796285885.722269   25257 port.cc:153] oneDNN custom operations are on.\n"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    assert quiet_start.is_quiet_start_line(banner)
+    assert not quiet_start.is_quiet_start_line("W0000 00:00:1796285885.7 something real went wrong\n")
+    assert not quiet_start.is_quiet_start_line("E0000 00:00:1796285885.7 a real error\n")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    assert not quiet_start.is_quiet_start_line(banner)

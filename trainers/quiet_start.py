@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -30,6 +31,19 @@ def gpu_device_present() -> bool:
 def is_no_gpu_line(line: str) -> bool:
     """A start-up line that only says that this machine has no GPU."""
     return any(text in line for text in _NO_GPU_LINES)
+
+
+_INFO_LINE = re.compile(r"^I\d{4} \d\d:\d\d:\d\d")  # absl's INFO prefix: I0000 00:00:1796... port.cc:153]
+
+
+def is_quiet_start_line(line: str) -> bool:
+    """A no-GPU line, or an INFO line (oneDNN's banner) where ``TF_CPP_MIN_LOG_LEVEL`` asks for none: TensorFlow
+    prints those before its log settings apply. Warnings and errors always pass."""
+    try:
+        min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        min_level = 0
+    return is_no_gpu_line(line) or (min_level >= 1 and bool(_INFO_LINE.match(line)))
 
 
 @contextlib.contextmanager
@@ -58,7 +72,7 @@ def import_tensorflow() -> None:
 
         tf.config.list_physical_devices()
         return
-    with filtered_stderr(is_no_gpu_line):
+    with filtered_stderr(is_quiet_start_line):
         import tensorflow as tf
 
         tf.config.list_physical_devices()
