@@ -202,7 +202,10 @@ def _time_rounds(variants: list[_Variant], rounds: int, steps: int, baseline: st
 
 def _ratio_quartiles(times: list[float], ce: list[float]) -> list[float]:
     """The quartiles of the per-round ratio to the CE step (each round times both back to back): the spread."""
-    q = statistics.quantiles([t / c for t, c in zip(times, ce, strict=True)], n=4)
+    ratios = [t / c for t, c in zip(times, ce, strict=True)]
+    if len(ratios) < 2:  # one round: no spread to speak of
+        return [ratios[0], ratios[0]]
+    q = statistics.quantiles(ratios, n=4)
     return [q[0], q[2]]
 
 

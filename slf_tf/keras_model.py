@@ -181,7 +181,8 @@ class SLFModel(keras.Model):
         if self._validation is not None and x is not None and not isinstance(x, tf.data.Dataset):
             warn_if_same_data(x, self._validation[0].numpy(), "SLFModel(validation_data=...)")
         callbacks = list(arguments.get("callbacks") or [])
-        if not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+        quiet = arguments.get("verbose", "auto") == 0  # Keras adds no bar then: neither do we
+        if not quiet and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
             callbacks.append(CompactProgbar())  # one slf_* key per candidate would make a 600-character line
         arguments["callbacks"] = callbacks
         loss = self.loss if isinstance(self.loss, CombinedLoss) else None

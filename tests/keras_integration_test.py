@@ -150,6 +150,8 @@ def test_slf_model_prints_a_compact_bar_and_keeps_every_key_in_history(capsys):
     assert {"slf_p_mae", "slf_w_mae", "slf_temperature", "slf_hypergrad_norm"} <= set(history)
     model.fit(x, y, batch_size=64, epochs=1, verbose=2, callbacks=[keras.callbacks.ProgbarLogger()])
     assert "slf_p_mae" in capsys.readouterr().out  # a progress bar of your own is kept as it is
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    assert capsys.readouterr().out == ""
 
 
 def test_view_callbacks_refuse_what_they_cannot_show():
