@@ -36,8 +36,8 @@ def candidate_run_name(name: str, tag: str) -> str:
 _EVAL_ROUTES = (
     ("val_", "validation", "metrics/"),
     ("test_", "test", "metrics/"),
-    ("best_test_", "best", "metrics_at_best/test_"),
-    ("best_", "best", "metrics_at_best/val_"),
+    ("best_test_", "test", "metrics_at_best/"),
+    ("best_", "validation", "metrics_at_best/"),
 )
 
 
@@ -141,9 +141,9 @@ class MetricWriter:
         params = {hp.HParam(names.get(k, k), display_name=k): _hparam_value(v) for k, v in flat.items()}
         headline = HEADLINE[task]
         metrics = [
-            hp.Metric(f"metrics_at_best/val_{headline}", group="best", display_name=f"best validation {headline}"),
+            hp.Metric(f"metrics_at_best/{headline}", group="validation", display_name=f"best validation {headline}"),
             hp.Metric(
-                f"metrics_at_best/test_{headline}", group="best", display_name=f"test {headline} at the best checkpoint"
+                f"metrics_at_best/{headline}", group="test", display_name=f"test {headline} at the best checkpoint"
             ),
             hp.Metric(f"metrics/{headline}", group="test", display_name=f"test {headline} at the last step"),
             hp.Metric(f"metrics/{headline}", group="validation", display_name=f"validation {headline} (last)"),
@@ -258,7 +258,7 @@ def slf_layout(headline: str = "accuracy", keras_metrics: bool = False):
     quality = [
         chart(f"{headline}: train (on its own labels, noisy if corrupted), validation, test", rf"^metrics/{headline}$"),
         chart("loss: train (the combined loss), validation, test", r"^metrics/loss$"),
-        chart(f"at the best checkpoint: validation and test {headline}", rf"^metrics_at_best/(val|test)_{headline}$"),
+        chart(f"at the best checkpoint: validation and test {headline}", rf"^metrics_at_best/{headline}$"),
     ]
     if keras_metrics:
         quality = [
