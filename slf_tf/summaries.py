@@ -65,6 +65,25 @@ def route(key: str, candidates: Mapping[str, str]) -> tuple[str, str]:
     return ".", key
 
 
+def _hparams_copies(per_run: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The results HParams reports, as tags of the root run (``hparams/...``).
+
+    HParams finds a metric in ``os.path.join(session, group)``: for a session in the root run that is
+    ``./validation``, which matches no run, so the values it reports must live in the root run itself.
+    """
+    out = {}
+    for tag, value in per_run.get("validation", {}).items():
+        if tag.startswith("metrics_at_best/"):
+            out[f"hparams/best_validation_{tag.partition('/')[2]}"] = value
+    for tag, value in per_run.get("test", {}).items():
+        group, _, name = tag.partition("/")
+        if group == "metrics_at_best":
+            out[f"hparams/test_{name}_at_best"] = value
+        elif group == "metrics":
+            out[f"hparams/test_{name}"] = value
+    return out
+
+
 def _for_display(tag: str, value: float) -> tuple[str, float]:
     """Candidate losses span decades (squared hinge ~60 beside GCE ~0.3): TensorBoard gets log10 of them."""
     if tag == "slf/loss":
@@ -109,6 +128,9 @@ class MetricWriter:
             run, tag = route(key, self.runs)
             tag, shown = _for_display(tag, value)
             per_run.setdefault(run, {})[tag] = shown
+        copies = _hparams_copies(per_run)
+        if copies:
+            per_run.setdefault(".", {}).update(copies)
         for run, tags in per_run.items():
             with self._writer(run).as_default(step=step):
                 for tag, value in tags.items():
@@ -141,12 +163,9 @@ class MetricWriter:
         params = {hp.HParam(names.get(k, k), display_name=k): _hparam_value(v) for k, v in flat.items()}
         headline = HEADLINE[task]
         metrics = [
-            hp.Metric(f"metrics_at_best/{headline}", group="validation", display_name=f"best validation {headline}"),
-            hp.Metric(
-                f"metrics_at_best/{headline}", group="test", display_name=f"test {headline} at the best checkpoint"
-            ),
-            hp.Metric(f"metrics/{headline}", group="test", display_name=f"test {headline} at the last step"),
-            hp.Metric(f"metrics/{headline}", group="validation", display_name=f"validation {headline} (last)"),
+            hp.Metric(f"hparams/best_validation_{headline}", display_name=f"best validation {headline}"),
+            hp.Metric(f"hparams/test_{headline}_at_best", display_name=f"test {headline} at the best checkpoint"),
+            hp.Metric(f"hparams/test_{headline}", display_name=f"test {headline} at the last step"),
         ]
         with self._writers["."].as_default(step=0):
             hp.hparams_config(hparams=list(params), metrics=metrics)

@@ -57,6 +57,12 @@ def test_writer_routes_logs_loss_as_log10_and_writes_diagnostics_only_when_non_z
     np.testing.assert_allclose(_tensors(os.path.join(root, "candidates", "mae"))["slf/log10_loss"], [2.0, -2.0])
     assert _tensors(os.path.join(root, "decision"))["diagnostics/skipped_steps"] == [3.0]
     assert _tensors(os.path.join(root, "train"))["metrics/loss"] == [2.0, 1.0]
+    writer = summaries.MetricWriter(str(tmp_path / "b"), candidates=RUNS)
+    writer.scalars(3, {"eval/best_accuracy": 0.9, "eval/best_test_accuracy": 0.8, "eval/test_accuracy": 0.7})
+    writer.close()
+    top = _tensors(os.path.join(str(tmp_path / "b"), "tensorboard"))  # HParams reads these from the root run
+    assert top == {"hparams/best_validation_accuracy": [pytest.approx(0.9)], "hparams/test_accuracy_at_best": [pytest.approx(0.8)],
+                   "hparams/test_accuracy": [pytest.approx(0.7)]}  # fmt: skip
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]  # the flat names, raw values, all of them
     assert rows[0] == {"step": 1, "slf/loss/mae": 100.0, "slf/skipped_steps": 0.0, "train/loss": 2.0}
 

@@ -50,6 +50,24 @@ def test_tensorboard_serves_slf_scalars(tmp_path):
             layout = json.load(r)
         charts = [c["title"] for category in layout["category"] for c in category["chart"]]
         assert "selection probability P(selected)" in charts and any(t.startswith("accuracy: train") for t in charts)
+        request = urllib.request.Request(  # HParams finds the run's results (named metrics, not hashes)
+            f"http://127.0.0.1:{port}/data/plugin/hparams/session_groups",
+            data=json.dumps(
+                {
+                    "experimentName": "",
+                    "startIndex": 0,
+                    "sliceSize": 10,
+                    "colParams": [],
+                    "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS"],
+                }
+            ).encode(),  # fmt: skip
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as r:
+            (group,) = json.load(r)["sessionGroups"]
+        assert group["name"] == "run"  # the workdir's name
+        found = {m["name"]["tag"] for m in group["metricValues"]}
+        assert found == {"hparams/best_validation_accuracy", "hparams/test_accuracy_at_best", "hparams/test_accuracy"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
