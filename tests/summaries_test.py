@@ -61,8 +61,11 @@ def test_writer_routes_logs_loss_as_log10_and_writes_diagnostics_only_when_non_z
     writer.scalars(3, {"eval/best_accuracy": 0.9, "eval/best_test_accuracy": 0.8, "eval/test_accuracy": 0.7})
     writer.close()
     top = _tensors(os.path.join(str(tmp_path / "b"), "tensorboard"))  # HParams reads these from the root run
-    assert top == {"hparams/best_validation_accuracy": [pytest.approx(0.9)], "hparams/test_accuracy_at_best": [pytest.approx(0.8)],
-                   "hparams/test_accuracy": [pytest.approx(0.7)]}  # fmt: skip
+    assert top == {
+        "hparams/best_validation_accuracy": [pytest.approx(0.9)],
+        "hparams/test_accuracy_at_best": [pytest.approx(0.8)],
+        "hparams/test_accuracy": [pytest.approx(0.7)],
+    }
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]  # the flat names, raw values, all of them
     assert rows[0] == {"step": 1, "slf/loss/mae": 100.0, "slf/skipped_steps": 0.0, "train/loss": 2.0}
 
