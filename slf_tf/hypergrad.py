@@ -182,11 +182,17 @@ def preconditioned_step(optimizer: keras.optimizers.Optimizer, variables: Sequen
     return VirtualStep(scales)
 
 
+def _gradient(tape: tf.GradientTape, target: tf.Tensor, sources: Sequence) -> list[tf.Tensor]:
+    """Dense gradients: an embedding's ``IndexedSlices`` become tensors, which the virtual step can scale."""
+    grads = tape.gradient(target, sources, unconnected_gradients="zero")
+    return [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in grads]
+
+
 def _forward_and_gradient(forward_fn: ForwardFn, weights, coefficients) -> tuple[TrainForward, list]:
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(weights)
         forward = forward_fn(weights, coefficients)
-    return forward, tape.gradient(forward.objective, weights, unconnected_gradients="zero")
+    return forward, _gradient(tape, forward.objective, weights)
 
 
 def main_gradient(forward_fn: ForwardFn, weights: Sequence, coefficients: tf.Tensor) -> Lookahead:
@@ -254,7 +260,7 @@ def _validation_direction(val_fn, weights, virtual, step: VirtualStep) -> tuple[
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(virtual)
         j = val_fn(virtual)
-    grads = distributed.all_sum(tape.gradient(j, virtual, unconnected_gradients="zero"))
+    grads = distributed.all_sum(_gradient(tape, j, virtual))
     return j, [-d for d in step.apply([tf.zeros_like(w) for w in weights], grads)]
 
 
@@ -307,7 +313,7 @@ def reweighted_lookahead(
         step = virtual_step if isinstance(virtual_step, VirtualStep) else virtual_step(zeros)
         virtual = list(weights)
     else:
-        total = distributed.all_sum(tape.gradient(forward.objective, weights, unconnected_gradients="zero"))
+        total = distributed.all_sum(_gradient(tape, forward.objective, weights))
         step = virtual_step if isinstance(virtual_step, VirtualStep) else virtual_step(total)
         virtual = step.apply(weights, total)
     j, direction = _validation_direction(val_fn, weights, virtual, step)
@@ -317,7 +323,7 @@ def reweighted_lookahead(
     with tape:
         n = tf.cast(forward.global_batch, forward.combined.dtype)
         objective = tf.reduce_sum(example_weights * forward.combined) / n + forward.regularisation
-    grads = tape.gradient(objective, weights, unconnected_gradients="zero")
+    grads = _gradient(tape, objective, weights)
     del tape
     forward = forward._replace(objective=objective)
     losses = distributed.all_sum(forward.candidate_losses)

@@ -7,15 +7,21 @@ by a string that may carry keyword parameters::
     slf_tf.losses.get("huber(delta=0.5)", task="regression")
     slf_tf.losses.get("focal_bce", task="binary")
 
-Tasks and their inputs:
-  * ``classification``: ``y_pred`` ``[batch, C]`` logits (``from_logits=True``, the
-    default) or probabilities; ``y_true`` integer labels ``[batch]`` / ``[batch, 1]``
-    (any dtype holding integer values, as Keras casts labels to float) or one-hot
-    ``[batch, C]``.
-  * ``regression``: ``y_pred`` and ``y_true`` ``[batch]`` or ``[batch, d]``; the
-    per-example loss averages over ``d``.
-  * ``binary``: ``y_pred`` ``[batch]`` or ``[batch, 1]`` logits (or probabilities),
-    ``y_true`` in {0, 1} of the same shape.
+Tasks and their inputs (``P`` stands for any positions ``d1..dk``, none included):
+  * ``classification``: ``y_pred`` ``[batch, P, C]`` logits (``from_logits=True``,
+    the default) or probabilities; ``y_true`` integer labels ``[batch, P]`` /
+    ``[batch, P, 1]`` (any dtype holding integer values, as Keras casts labels to
+    float) or one-hot ``[batch, P, C]``.
+  * ``regression``: ``y_pred`` and ``y_true`` ``[batch]`` or ``[batch, P, d]``; a
+    candidate averages over ``d``.
+  * ``binary``: ``y_pred`` ``[batch, P]`` or ``[batch, P, 1]`` logits (or
+    probabilities), ``y_true`` in {0, 1} of the same shape.
+
+A candidate gives one loss per position; an example's loss is its mean over
+positions, each weighted as Keras weighs it (:func:`position_weights`: the
+``sample_weight``, per example or per position, and the Keras mask of ``y_pred``),
+so that the batch mean of the example losses is Keras' ``sum_over_batch_size``
+loss: the mean over the batch's valid positions.
 
 :class:`LossBag` evaluates several candidates on one batch, computing the shared
 pieces (one-hot labels, ``log_softmax``, ``softmax``) once for the whole bag.
@@ -39,10 +45,13 @@ __all__ = [
     "Prepared",
     "TASKS",
     "get",
+    "keras_mask",
     "known",
     "parse",
+    "position_weights",
     "prepare",
     "register",
+    "reduce_positions",
     "validate_targets",
 ]
 
@@ -53,9 +62,9 @@ _EPS = 1e-7  # clip for logs of probabilities given directly (from_logits=False)
 class Prepared(NamedTuple):
     """What the candidates of one task share, computed once per batch."""
 
-    y: tf.Tensor  # classification: one-hot [B, C]; regression: [B, d]; binary: [B]
-    scores: tf.Tensor  # classification: logits (or probabilities) [B, C]; regression: [B, d]; binary: [B]
-    log_p: tf.Tensor | None  # log-probabilities (classification [B, C]; binary: log sigmoid [B])
+    y: tf.Tensor  # classification: one-hot [B, P, C]; regression: [B, P, d]; binary: [B, P] (P: positions)
+    scores: tf.Tensor  # classification: logits (or probabilities) [B, P, C]; regression: [B, P, d]; binary: [B, P]
+    log_p: tf.Tensor | None  # log-probabilities (classification [B, P, C]; binary: log sigmoid [B, P])
     p: tf.Tensor | None  # probabilities
     log_1mp: tf.Tensor | None  # binary only: log(1 - p)
 
@@ -370,47 +379,132 @@ def prepare(y_true: Any, y_pred: Any, task: str, from_logits: bool) -> Prepared:
         raise ValueError(f"y_true must be numeric; got dtype {y_true.dtype.name}.")
     rp, rt = _static_rank(y_pred, "y_pred"), _static_rank(y_true, "y_true")
     if task == "classification":
-        if rp != 2:
-            raise ValueError(f"classification y_pred must be [batch, classes]; got shape {y_pred.shape}.")
-        num_classes = y_pred.shape[-1]
-        if rt == 2 and y_true.shape[-1] == num_classes and num_classes != 1:
-            y = tf.cast(validate_targets(y_true, task, one_hot=True), dtype)  # one-hot (or soft) labels
-        elif rt == 1 or (rt == 2 and y_true.shape[-1] == 1):
-            labels = validate_targets(tf.reshape(y_true, [-1]), task, tf.shape(y_pred)[-1])
-            y = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(y_pred)[-1], dtype=dtype)
-        else:
-            raise ValueError(
-                f"classification y_true must be integer labels [batch] or [batch, 1], or one-hot "
-                f"[batch, {num_classes}]; got shape {y_true.shape} for y_pred of shape {y_pred.shape}."
-            )
-        if from_logits:
-            log_p = tf.nn.log_softmax(y_pred, axis=-1)
-            return Prepared(y, y_pred, log_p, tf.exp(log_p), None)
-        p = y_pred
-        return Prepared(y, p, tf.math.log(tf.clip_by_value(p, _EPS, 1.0)), p, None)
+        return _prepare_classification(y_true, y_pred, rp, rt, dtype, from_logits)
     if task == "regression":
         if rp == 1:
             y_pred = y_pred[:, None]
-        if rt == 1:
+        if y_true.shape.rank == 1:
             y_true = y_true[:, None]
+        if y_true.shape.rank == y_pred.shape.rank - 1 and y_pred.shape[-1] == 1:
+            y_true = y_true[..., None]  # [batch, P] targets of [batch, P, 1] predictions (as Keras squeezes)
+        if y_true.shape.rank != y_pred.shape.rank or not y_true.shape[1:].is_compatible_with(y_pred.shape[1:]):
+            raise ValueError(
+                f"regression y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}; both must be "
+                "[batch] or [batch, d1..dk, d] (targets may leave out a last axis of size 1)."
+            )
         y = tf.cast(validate_targets(y_true, task), dtype)
-        if y.shape[-1] is not None and y_pred.shape[-1] is not None and y.shape[-1] != y_pred.shape[-1]:
-            raise ValueError(f"regression y_true shape {y_true.shape} does not match y_pred shape {y_pred.shape}.")
         return Prepared(y, y_pred, None, None, None)
-    # binary
-    if rp == 2 and y_pred.shape[-1] == 1:
-        y_pred = y_pred[:, 0]
-    if rt == 2 and y_true.shape[-1] == 1:
-        y_true = y_true[:, 0]
-    if y_pred.shape.rank != 1 or y_true.shape.rank != 1:
+    # binary: one output per position; a last axis of size 1 is the output, not a position
+    if rp >= 2 and y_pred.shape[-1] == 1:
+        y_pred = y_pred[..., 0]
+    if rt >= 2 and y_true.shape[-1] == 1:
+        y_true = y_true[..., 0]
+    if y_pred.shape.rank != y_true.shape.rank or not y_true.shape[1:].is_compatible_with(y_pred.shape[1:]):
         raise ValueError(
-            f"binary y_pred and y_true must be [batch] or [batch, 1]; got {y_pred.shape} and {y_true.shape}."
+            f"binary y_pred and y_true must be [batch] or [batch, 1], or [batch, d1..dk] (or [batch, d1..dk, 1]) "
+            f"of one shape; got {y_pred.shape} and {y_true.shape}."
         )
     y = tf.cast(validate_targets(y_true, task), dtype)
     if from_logits:
         return Prepared(y, y_pred, tf.math.log_sigmoid(y_pred), tf.sigmoid(y_pred), tf.math.log_sigmoid(-y_pred))
     p = tf.clip_by_value(y_pred, _EPS, 1.0 - _EPS)
     return Prepared(y, y_pred - 0.5, tf.math.log(p), y_pred, tf.math.log(1.0 - p))
+
+
+def _prepare_classification(y_true, y_pred, rp: int, rt: int, dtype, from_logits: bool) -> Prepared:
+    """``y_pred [batch, P, C]``; labels ``[batch, P]`` / ``[batch, P, 1]``, or one-hot ``[batch, P, C]``."""
+    if rp < 2:
+        raise ValueError(
+            f"classification y_pred must be [batch, classes] (or [batch, d1..dk, classes]); got shape {y_pred.shape}."
+        )
+    num_classes, positions = y_pred.shape[-1], y_pred.shape[:-1]
+    one_hot = rt == rp and y_true.shape[-1] == num_classes and num_classes != 1
+    labels = rt == rp - 1 or (rt == rp and y_true.shape[-1] == 1)
+    if not (one_hot or labels) or not y_true.shape[: rp - 1].is_compatible_with(positions):
+        dims = "".join(f", {d}" for d in positions[1:].as_list())
+        raise ValueError(
+            f"classification y_true must be integer labels [batch{dims}] or [batch{dims}, 1], or one-hot "
+            f"[batch{dims}, {num_classes}]; got shape {y_true.shape} for y_pred of shape {y_pred.shape}."
+        )
+    if one_hot:
+        y = tf.cast(validate_targets(y_true, "classification", one_hot=True), dtype)  # one-hot (or soft) labels
+    else:
+        shape = [-1] if rp == 2 else tf.shape(y_pred)[:-1]
+        ids = validate_targets(tf.reshape(y_true, shape), "classification", tf.shape(y_pred)[-1])
+        y = tf.one_hot(tf.cast(ids, tf.int32), tf.shape(y_pred)[-1], dtype=dtype)
+    if from_logits:
+        log_p = tf.nn.log_softmax(y_pred, axis=-1)
+        return Prepared(y, y_pred, log_p, tf.exp(log_p), None)
+    p = y_pred
+    return Prepared(y, p, tf.math.log(tf.clip_by_value(p, _EPS, 1.0)), p, None)
+
+
+def keras_mask(y_pred: Any) -> tf.Tensor | None:
+    """The Keras mask a model attached to its output (``Embedding(mask_zero=True)`` and the layers after it)."""
+    return getattr(y_pred, "_keras_mask", None)
+
+
+def _sample_weight(sample_weight: Any, losses: tf.Tensor) -> tf.Tensor:
+    """``sample_weight`` as a weight per position of ``losses [batch, P]`` (broadcastable); non-finite -> 0."""
+    w = tf.convert_to_tensor(sample_weight)
+    given, rank = w.shape, losses.shape.rank
+    if w.shape.rank == rank + 1 and w.shape[-1] == 1:
+        w = w[..., 0]  # [batch, 1] of [batch] losses, [batch, P, 1] of [batch, P] losses
+    if w.shape.rank == 1 and rank > 1:
+        w = tf.reshape(w, [-1] + [1] * (rank - 1))  # one weight per example, for all its positions
+    ok = w.shape.rank == rank and all(
+        a is None or b is None or a == b or (i > 0 and a == 1)
+        for i, (a, b) in enumerate(zip(w.shape, losses.shape, strict=True))
+    )
+    if not ok:
+        per_position = f", or one per position, shape {losses.shape.as_list()}" if rank > 1 else ""
+        raise ValueError(
+            f"sample_weight must hold one weight per example, shape [batch] or [batch, 1]{per_position} (batch "
+            f"{losses.shape[0]}); got shape {given}."
+        )
+    batch, weights = tf.shape(losses)[0], tf.shape(w)[0]
+    check = tf.debugging.Assert(
+        tf.equal(weights, batch),
+        ["sample_weight must hold one weight per example; got, for a batch of", batch, "weights:", weights],
+    )
+    with tf.control_dependencies([check]):
+        w = tf.cast(w, losses.dtype)
+        return tf.where(tf.math.is_finite(w), w, tf.zeros_like(w))
+
+
+def position_weights(losses: tf.Tensor, sample_weight: Any = None, mask: Any = None) -> tf.Tensor | None:
+    """Keras' weight of each value of ``losses [batch, P]``: None when there are neither weights nor a mask.
+
+    ``sample_weight``: one per example (``[batch]``, ``[batch, 1]``) or per position
+    (``[batch, P]``); a non-finite weight becomes 0, dropping its example instead of
+    turning the loss NaN. ``mask`` (Keras', ``[batch, P]``) is scaled by positions /
+    valid positions, as Keras' ``sum_over_batch_size`` scales it: the mean of the
+    weighted values is then the mean over the batch's valid positions.
+    """
+    weights = None if sample_weight is None else _sample_weight(sample_weight, losses)
+    if mask is None:
+        return weights
+    m = tf.cast(mask, losses.dtype)
+    if m.shape.rank != losses.shape.rank:
+        raise ValueError(
+            f"The Keras mask of y_pred has shape {mask.shape}, but the losses have one value per position, shape "
+            f"{losses.shape}: a mask must mark the positions of y_pred (all but its class or output axis)."
+        )
+    m *= tf.math.divide_no_nan(tf.cast(tf.size(m), m.dtype), tf.reduce_sum(m))
+    return m if weights is None else weights * m
+
+
+def reduce_positions(losses: tf.Tensor, weights: tf.Tensor | None = None, stacked: bool = False) -> tf.Tensor:
+    """Each example's mean over positions of ``weights * losses``: ``[batch, P] -> [batch]``.
+
+    ``stacked``: ``losses`` is ``[batch, P, N]`` (N candidates) and ``weights``
+    ``[batch, P]``; the result is ``[batch, N]``. With no positions this is the
+    weighted losses themselves.
+    """
+    if weights is not None:
+        losses = losses * (weights[..., None] if stacked else weights)
+    axes = list(range(1, losses.shape.rank - (1 if stacked else 0)))
+    return tf.reduce_mean(losses, axis=axes) if axes else losses
 
 
 def _check_batch(y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
@@ -420,7 +514,7 @@ def _check_batch(y_true: tf.Tensor, y_pred: tf.Tensor) -> None:
 
 
 class CandidateLoss:
-    """One named, parameterised per-example loss: ``(y_true, y_pred) -> [batch]``."""
+    """One named, parameterised per-example loss: ``(y_true, y_pred, sample_weight=None) -> [batch]``."""
 
     def __init__(self, spec: str, task: str = "classification", from_logits: bool = True):
         self.spec = spec
@@ -432,10 +526,18 @@ class CandidateLoss:
     def from_prepared(self, prepared: Prepared) -> tf.Tensor:
         return self._fn(prepared, **self.params)
 
-    def __call__(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def per_position(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+        """The loss at every position, ``[batch, P]`` (``[batch]`` without positions)."""
         y_true, y_pred = tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
         _check_batch(y_true, y_pred)
         return self.from_prepared(prepare(y_true, y_pred, self.task, self.from_logits))
+
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None, mask: Any = None) -> tf.Tensor:
+        """Per-example losses ``[batch]``: the mean over positions, weighted as Keras weighs them
+        (:func:`position_weights`; ``mask`` defaults to the Keras mask of ``y_pred``)."""
+        mask = keras_mask(y_pred) if mask is None else mask
+        values = self.per_position(y_true, y_pred)
+        return reduce_positions(values, position_weights(values, sample_weight, mask))
 
     def __repr__(self) -> str:
         return f"CandidateLoss({self.spec!r}, task={self.task!r})"
@@ -477,8 +579,14 @@ class LossBag:
     def __len__(self) -> int:
         return len(self.candidates)
 
-    def __call__(self, y_true: Any, y_pred: Any) -> tf.Tensor:
+    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None, mask: Any = None) -> tf.Tensor:
+        """Per-example losses ``[batch, N]``: weighted means over positions, as :meth:`CandidateLoss.__call__`."""
+        mask = keras_mask(y_pred) if mask is None else mask
         y_true, y_pred = tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
         _check_batch(y_true, y_pred)
         prepared = prepare(y_true, y_pred, self.task, self.from_logits)
-        return tf.stack([c.from_prepared(prepared) for c in self.candidates], axis=-1)
+        values = tf.stack([c.from_prepared(prepared) for c in self.candidates], axis=-1)  # [batch, P, N]
+        if sample_weight is None and mask is None:
+            return reduce_positions(values, stacked=True)
+        weights = position_weights(values[..., 0], sample_weight, mask)
+        return reduce_positions(values, weights, stacked=True)

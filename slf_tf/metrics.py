@@ -7,20 +7,28 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from slf_tf.losses import keras_mask, position_weights, reduce_positions
+
 __all__ = ["HEADLINE", "objective_metric", "task_sums"]
 
 #: The metric a run is judged by, per task (higher is better for accuracy, lower for mae).
 HEADLINE = {"classification": "accuracy", "binary": "accuracy", "regression": "mae"}
 
 
-def task_sums(task: str, y: Any, pred: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Per-batch *sums* (divide by the number of examples): correct predictions, or absolute/squared errors.
+def task_sums(task: str, y: Any, pred: Any, mask: Any = None) -> dict[str, tf.Tensor]:
+    """Per-batch *sums* over examples (divide by the number of examples): correct predictions, or errors.
+
+    An example's value is its mean over positions (token accuracy for ``[batch, T, C]``
+    logits), masked as its loss is (:func:`slf_tf.losses.position_weights`; ``mask``
+    defaults to the Keras mask of ``pred``), so the batch mean is the mean over valid positions.
 
     Args:
-      task: ``classification`` (``pred`` logits ``[B, C]``; ``y`` integer labels
-        ``[B]``/``[B, 1]`` or one-hot ``[B, C]``), ``binary`` (``pred`` ``[B]``/``[B, 1]``
-        logits, ``y`` in {0, 1}) or ``regression``.
+      task: ``classification`` (``pred`` logits ``[B, P, C]``; ``y`` integer labels
+        ``[B, P]``/``[B, P, 1]`` or one-hot ``[B, P, C]``), ``binary`` (``pred``
+        ``[B, P]``/``[B, P, 1]`` logits, ``y`` in {0, 1}) or ``regression`` (``[B]`` or
+        ``[B, P, d]``; errors averaged over ``d``). ``P``: any positions, none included.
     """
+    mask = keras_mask(pred) if mask is None else mask
     pred = tf.convert_to_tensor(pred)
     y = tf.convert_to_tensor(y)
     if task == "classification":
@@ -28,15 +36,25 @@ def task_sums(task: str, y: Any, pred: tf.Tensor) -> dict[str, tf.Tensor]:
         if y.shape.rank == pred.shape.rank and y.shape[-1] == pred.shape[-1] and pred.shape[-1] != 1:
             label = tf.argmax(y, axis=-1, output_type=tf.int32)  # one-hot
         else:
-            label = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        return {"accuracy": tf.reduce_sum(tf.cast(tf.equal(guess, label), tf.float32))}
+            label = tf.cast(tf.reshape(y, [-1] if pred.shape.rank == 2 else tf.shape(guess)), tf.int32)
+        return {"accuracy": _example_sum(tf.cast(tf.equal(guess, label), tf.float32), mask)}
     if task == "binary":
-        guess = tf.cast(tf.reshape(pred, [-1]) > 0, tf.float32)
-        return {
-            "accuracy": tf.reduce_sum(tf.cast(tf.equal(guess, tf.cast(tf.reshape(y, [-1]), tf.float32)), tf.float32))
-        }
-    err = tf.cast(tf.reshape(pred, [-1]), tf.float32) - tf.cast(tf.reshape(y, [-1]), tf.float32)
-    return {"mae": tf.reduce_sum(tf.abs(err)), "mse": tf.reduce_sum(tf.square(err))}
+        if pred.shape.rank >= 2 and pred.shape[-1] == 1:
+            pred = pred[..., 0]
+        guess = tf.cast(pred > 0, tf.float32)
+        label = tf.cast(tf.reshape(y, tf.shape(guess)), tf.float32)
+        return {"accuracy": _example_sum(tf.cast(tf.equal(guess, label), tf.float32), mask)}
+    pred = tf.cast(pred if pred.shape.rank > 1 else pred[:, None], tf.float32)
+    err = pred - tf.cast(tf.reshape(y, tf.shape(pred)), tf.float32)  # [B, P, d]
+    return {
+        "mae": _example_sum(tf.reduce_mean(tf.abs(err), axis=-1), mask),
+        "mse": _example_sum(tf.reduce_mean(tf.square(err), axis=-1), mask),
+    }
+
+
+def _example_sum(values: tf.Tensor, mask: Any) -> tf.Tensor:
+    """The sum over examples of each one's (masked) mean over positions."""
+    return tf.reduce_sum(reduce_positions(values, position_weights(values, None, mask)))
 
 
 def objective_metric(loss: Any) -> keras.metrics.Metric:

@@ -36,13 +36,12 @@ import tensorflow_probability as tfp
 
 from slf_tf import checks, distributed, gumbel, rng, schedules, selection
 from slf_tf import decision as decision_lib
-from slf_tf.losses import LossBag, candidate_tag
+from slf_tf.losses import LossBag, candidate_tag, keras_mask, position_weights, reduce_positions
 from slf_tf.losses import get as get_candidate
 
 __all__ = [
     "CombinedLoss",
     "candidate_tag",
-    "safe_sample_weight",
     "FixedLoss",
     "RandomLoss",
     "SoftAdaptLoss",
@@ -68,36 +67,6 @@ def _state(init: Any, dtype: str = "float32", name: str | None = None) -> keras.
         aggregation="only_first_replica",
         name=name,
     )
-
-
-def safe_sample_weight(sample_weight: Any, y_pred: Any) -> tf.Tensor:
-    """One weight per example, ``[batch]``, with non-finite weights set to 0.
-
-    A NaN or infinite weight would otherwise turn the whole batch's loss, and then
-    the weights, non-finite; here it only drops its example. A weight of the wrong
-    shape is a clear error instead of a shape error deep in a graph.
-    """
-    w = tf.convert_to_tensor(sample_weight)
-    batch = tf.shape(y_pred)[0]
-    rank_ok = w.shape.rank == 1 or (w.shape.rank == 2 and w.shape[-1] == 1)
-    static_batch, given = tf.TensorShape(y_pred.shape)[:1], w.shape[:1]
-    if not rank_ok or (given[0] is not None and static_batch[0] is not None and given[0] != static_batch[0]):
-        raise ValueError(
-            f"sample_weight must hold one weight per example, shape [batch] or [batch, 1] with batch "
-            f"{static_batch[0]}; got shape {w.shape}."
-        )
-    w = tf.reshape(w, [-1])
-    check = tf.debugging.Assert(
-        tf.equal(tf.shape(w)[0], batch),
-        [
-            "sample_weight must hold one weight per example; got, for a batch of",
-            batch,
-            "weights:",
-            tf.shape(w)[0],
-        ],  # fmt: skip
-    )
-    with tf.control_dependencies([check]):
-        return tf.where(tf.math.is_finite(w), w, tf.zeros_like(w))
 
 
 class CombinedLoss(keras.losses.Loss):
@@ -267,9 +236,16 @@ class CombinedLoss(keras.losses.Loss):
 
     # -------------------------------------------------------------- the losses --
 
-    def candidate_losses(self, y_true: Any, y_pred: Any) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(l [batch, N], finite [N])``: non-finite columns zeroed (on any replica), scale-normalised."""
-        per_example = self.bag(y_true, y_pred)
+    def candidate_losses(
+        self, y_true: Any, y_pred: Any, sample_weight: Any = None, mask: Any = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(l [batch, N], finite [N])``: non-finite columns zeroed (on any replica), scale-normalised.
+
+        ``l[j, i]`` is candidate i's loss on example j: its mean over the example's
+        positions, weighted by ``sample_weight`` and the Keras ``mask`` (default: the
+        mask of ``y_pred``) as Keras weighs them (:func:`slf_tf.losses.position_weights`).
+        """
+        per_example = self.bag(y_true, y_pred, sample_weight, mask)
         finite = distributed.all_true(tf.reduce_all(tf.math.is_finite(per_example), axis=0))
         per_example = tf.where(finite[None], per_example, tf.zeros_like(per_example))
         if self.normalize:
@@ -355,17 +331,42 @@ class CombinedLoss(keras.losses.Loss):
     # ------------------------------------------------------------------ Keras --
 
     def __call__(self, y_true, y_pred, sample_weight=None):
-        # Keras casts y_true to float before call(); catch non-numeric labels first, with our message.
+        """Keras' loss call: the per-example objective (:meth:`call`), reduced as ``self.reduction`` says.
+
+        Keras' own ``Loss.__call__`` would apply ``sample_weight`` and the mask of
+        ``y_pred`` to the per-example values again; here :meth:`candidate_losses`
+        applies them once, per position, and this reduces over examples (dividing
+        by the replicas under a ``tf.distribute`` strategy, as Keras does).
+        """
+        # Keras casts y_true to float; catch non-numeric labels first, with our message.
         dtype = y_true.dtype if hasattr(y_true, "dtype") else np.asarray(y_true).dtype
         if not (tf.as_dtype(dtype).is_floating or tf.as_dtype(dtype).is_integer or tf.as_dtype(dtype).is_bool):
             raise ValueError(f"y_true must be numeric (integer labels, one-hot or targets); got dtype {dtype}.")
-        if sample_weight is not None:
-            sample_weight = safe_sample_weight(sample_weight, y_pred)
-        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+        mask = keras_mask(y_pred)
+        with tf.name_scope(self.name):
+            y_pred = tf.cast(tf.convert_to_tensor(y_pred), self.dtype)
+            y_true = tf.cast(tf.convert_to_tensor(y_true), self.dtype)
+            objective = self.call(y_true, y_pred, sample_weight, mask)
+            return self._reduce(objective, y_true, y_pred, sample_weight, mask)
 
-    def call(self, y_true, y_pred):
-        """Keras entry point: this step's sample while :attr:`sampling` is on, else the expected coefficients."""
-        per_example, finite = self.candidate_losses(y_true, y_pred)
+    def _reduce(self, objective: tf.Tensor, y_true: Any, y_pred: Any, sample_weight: Any, mask: Any) -> tf.Tensor:
+        """Keras' reductions of per-example values ``[batch]``: ``none``, ``sum``, ``sum_over_batch_size``
+        (= ``mean``), ``mean_with_sample_weight`` (the sum over the sum of the weights)."""
+        if self.reduction in (None, "none"):
+            return objective
+        total = tf.reduce_sum(objective)
+        if self.reduction == "sum":
+            return total
+        divisor = tf.cast(tf.size(objective), total.dtype)
+        if self.reduction == "mean_with_sample_weight" and (sample_weight is not None or mask is not None):
+            positions = tf.ones_like(self.validation_loss.per_position(y_true, y_pred))  # [batch, P]
+            divisor = tf.reduce_sum(reduce_positions(positions, position_weights(positions, sample_weight, mask)))
+        return tf.math.divide_no_nan(total, divisor) / distributed.num_replicas()
+
+    def call(self, y_true, y_pred, sample_weight=None, mask=None):
+        """The per-example objective ``sum_i c_i l_i`` ``[batch]``: this step's sample while :attr:`sampling` is
+        on, else the expected coefficients (``sample_weight`` and ``mask`` as in :meth:`candidate_losses`)."""
+        per_example, finite = self.candidate_losses(y_true, y_pred, sample_weight, mask)
         sampling = tf.convert_to_tensor(self.sampling)
         choice = self.sample(rng.step_seed(self.seed, self.step))
         coefficients = tf.where(sampling, choice.coefficients, self.expected_coefficients())

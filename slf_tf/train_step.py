@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from slf_tf import distributed, hypergrad, metrics, rng
-from slf_tf.stochastic_loss import CombinedLoss, safe_sample_weight
+from slf_tf.stochastic_loss import CombinedLoss
 
 __all__ = [
     "DecisionSettings",
@@ -96,8 +96,9 @@ def make_forward(
     """``(weights, c) -> TrainForward``: the train batch's forward, candidate losses and ``sum_i c_i L_i``.
 
     ``fallback``: the weights that take over if every selected candidate is
-    non-finite; ``sample_weight`` ``[batch]``: per-example weights (Keras' sum over
-    the batch divided by its size).
+    non-finite; ``sample_weight`` ``[batch]`` or per position ``[batch, P]``, and the
+    Keras mask of the predictions, weigh the candidate losses as Keras does
+    (:meth:`slf_tf.CombinedLoss.candidate_losses`).
     """
     non_trainable = [v.value for v in model.non_trainable_variables]
     replicas = distributed.num_replicas()
@@ -106,9 +107,7 @@ def make_forward(
         pred, new_non_trainable, regularisation = model.stateless_call(
             weights, non_trainable, x, training=True, return_losses=True
         )
-        per_example, finite = loss.candidate_losses(y, pred)
-        if sample_weight is not None:  # non-finite weights drop their example (safe_sample_weight)
-            per_example *= tf.cast(safe_sample_weight(sample_weight, pred), per_example.dtype)[:, None]
+        per_example, finite = loss.candidate_losses(y, pred, sample_weight)  # weighted (and masked) per position
         combined, c = loss.combine(per_example, finite, coefficients, fallback)
         example_weights = tf.stop_gradient(loss.forward_example_weights(combined))
         n = tf.cast(global_batch, per_example.dtype)
