@@ -189,7 +189,7 @@ def test_slf_model_trains_a_padded_token_model_with_position_weights():
 
 
 def test_plain_compile_and_fit_of_a_token_model_with_the_decision_callback():
-    (x, y), (xv, yv) = _tokens(0, batch=32), _tokens(1, batch=16)
+    (x, _), (xv, yv) = _tokens(0, batch=32), _tokens(1, batch=16)
     model = _token_model(recurrent=True)
     loss = slf_tf.StochasticLoss(BAG, k=2, seed=0)
     model.compile(optimizer="adam", loss=loss, metrics=["accuracy"])
