@@ -13,7 +13,8 @@ Tasks and their inputs (``P`` stands for any positions ``d1..dk``, none included
     ``[batch, P, 1]`` (any dtype holding integer values, as Keras casts labels to
     float) or one-hot ``[batch, P, C]``.
   * ``regression``: ``y_pred`` and ``y_true`` ``[batch]`` or ``[batch, P, d]``; a
-    candidate averages over ``d``.
+    candidate averages over ``d``. The box losses (``iou``, ``giou``, ``diou``) take
+    ``d = 4``: a box's corners ``(x_min, y_min, x_max, y_max)``, one loss per box.
   * ``binary``: ``y_pred`` ``[batch, P]`` or ``[batch, P, 1]`` logits (or
     probabilities), ``y_true`` in {0, 1} of the same shape.
 
@@ -229,6 +230,60 @@ def _quantile(t, tau):
     """Pinball loss: ``max(tau (y - f), (tau - 1)(y - f))``."""
     r = t.y - t.scores
     return tf.reduce_mean(tf.maximum(tau * r, (tau - 1.0) * r), axis=-1)
+
+
+# --------------------------------------------------------------------------- #
+# Boxes (regression on [..., 4]: corners x_min, y_min, x_max, y_max).
+# --------------------------------------------------------------------------- #
+
+_BOX_EPS = 1e-7  # keeps 0/0 (zero-area boxes, a point enclosing box) at 0
+
+
+def _box_geometry(t: Prepared) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """``(IoU, enclosing box corners [..., 4], union)`` of predicted and target boxes ``[..., 4]``.
+
+    A predicted box with ``x_max < x_min`` (or ``y_max < y_min``) has zero width
+    (height), so a network's raw outputs give a finite loss and gradient.
+    """
+    if t.scores.shape[-1] != 4:
+        raise ValueError(
+            f"Box losses take boxes [..., 4] as corners (x_min, y_min, x_max, y_max); got y_pred of shape "
+            f"{t.scores.shape}."
+        )
+    p, y = t.scores, t.y
+
+    def area(b):
+        return tf.nn.relu(b[..., 2] - b[..., 0]) * tf.nn.relu(b[..., 3] - b[..., 1])
+
+    low, high = tf.maximum(p[..., :2], y[..., :2]), tf.minimum(p[..., 2:], y[..., 2:])
+    inter = tf.reduce_prod(tf.nn.relu(high - low), axis=-1)
+    union = area(p) + area(y) - inter
+    enclosing = tf.concat([tf.minimum(p[..., :2], y[..., :2]), tf.maximum(p[..., 2:], y[..., 2:])], axis=-1)
+    return inter / (union + _BOX_EPS), enclosing, union
+
+
+@register("iou", "regression")
+def _iou(t):
+    """``1 - IoU`` of boxes ``[..., 4]`` (corners x_min, y_min, x_max, y_max); 1 when they do not overlap."""
+    return 1.0 - _box_geometry(t)[0]
+
+
+@register("giou", "regression")
+def _giou(t):
+    """Rezatofighi et al. 2019: ``1 - IoU + (|C| - |A u B|) / |C|``, C the smallest enclosing box: in [0, 2],
+    with a gradient that pulls apart boxes together."""
+    iou, enclosing, union = _box_geometry(t)
+    hull = tf.nn.relu(enclosing[..., 2] - enclosing[..., 0]) * tf.nn.relu(enclosing[..., 3] - enclosing[..., 1])
+    return 1.0 - iou + (hull - union) / (hull + _BOX_EPS)
+
+
+@register("diou", "regression")
+def _diou(t):
+    """Zheng et al. 2020: ``1 - IoU + rho^2 / c^2``, rho the distance of the centres, c the enclosing box's diagonal."""
+    iou, enclosing, _ = _box_geometry(t)
+    centres = 0.5 * (t.scores[..., :2] + t.scores[..., 2:]) - 0.5 * (t.y[..., :2] + t.y[..., 2:])
+    diagonal = tf.reduce_sum(tf.square(enclosing[..., 2:] - enclosing[..., :2]), axis=-1)
+    return 1.0 - iou + tf.reduce_sum(tf.square(centres), axis=-1) / (diagonal + _BOX_EPS)
 
 
 # --------------------------------------------------------------------------- #
