@@ -8,6 +8,7 @@ from slf_tf import (
     callbacks,
     decision,
     estimators,
+    heads,
     hypergrad,
     layers,
     losses,
@@ -32,6 +33,7 @@ from slf_tf.gumbel import (
     multi_gumbel_softmax,
     straight_through,
 )
+from slf_tf.heads import HeadLosses
 from slf_tf.keras_model import SLFModel
 from slf_tf.layers import BinaryGate, GumbelSoftmax
 from slf_tf.stochastic_loss import (
@@ -51,6 +53,7 @@ __all__ = [
     "BinaryGate",
     "CombinedLoss",
     "FixedLoss",
+    "HeadLosses",
     "JointLoss",
     "L2RWLoss",
     "MetaWeightNetLoss",
@@ -63,6 +66,7 @@ __all__ = [
     "callbacks",
     "create_loss",
     "decision",
+    "heads",
     "hypergrad",
     "losses",
     "metrics",

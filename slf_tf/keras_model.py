@@ -27,8 +27,8 @@ import tensorflow as tf
 
 from slf_tf import distributed, rng
 from slf_tf.checks import check_finite_validation, warn_if_diverged, warn_if_same_data
+from slf_tf.heads import as_step_loss
 from slf_tf.keras_views import CompactProgbar
-from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
 __all__ = ["SLFModel"]
@@ -55,21 +55,34 @@ def _validation_arrays(data: Any) -> tuple[np.ndarray, np.ndarray]:
         batched = xs[0].ndim >= 2
         x, y = (np.concatenate(xs), np.concatenate(ys)) if batched else (np.stack(xs), np.stack(ys))
     elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = np.asarray(data[0]), np.asarray(data[1])
+        x, y = _arrays(data[0]), _arrays(data[1])
     elif isinstance(data, (tuple, list)) and len(data) == 3:
         raise ValueError(
             "validation_data got (x, y, sample_weight); the decision update weighs examples alike: pass (x, y)."
         )
     else:
         raise ValueError(f"validation_data must be (x, y) arrays or a dataset of (x, y); got {type(data).__name__}.")
-    if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"validation_data needs as many labels as inputs, at least one; got {len(x)} and {len(y)}.")
-    if x.nbytes + y.nbytes > _MAX_VALIDATION_BYTES:
+    lengths = {len(a) for a in tf.nest.flatten((x, y))}
+    if len(lengths) != 1 or 0 in lengths:
         raise ValueError(
-            f"validation_data holds {(x.nbytes + y.nbytes) / 2**30:.1f} GiB; SLFModel keeps it in memory (<= 1 GiB)."
+            f"validation_data needs as many labels as inputs (for every output), at least one; got lengths "
+            f"{sorted(lengths)}."
         )
-    check_finite_validation(x, y, "SLFModel(validation_data=...)")
+    size = sum(a.nbytes for a in tf.nest.flatten((x, y)))
+    if size > _MAX_VALIDATION_BYTES:
+        raise ValueError(f"validation_data holds {size / 2**30:.1f} GiB; SLFModel keeps it in memory (<= 1 GiB).")
+    for labels in tf.nest.flatten(y):
+        check_finite_validation(x, labels, "SLFModel(validation_data=...)")
     return x, y
+
+
+def _arrays(value: Any) -> Any:
+    """An array, or a dict / list of arrays (several inputs or outputs), as numpy arrays."""
+    if isinstance(value, dict):
+        return {k: np.asarray(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, (np.ndarray, tf.Tensor)) for v in value):
+        return [np.asarray(v) for v in value]
+    return np.asarray(value)
 
 
 def _one_replica(value: Any) -> Any:
@@ -94,7 +107,9 @@ class SLFModel(keras.Model):
       **settings: :class:`slf_tf.train_step.DecisionSettings` fields: ``every``,
         ``lookahead_lr``, ``virtual_step``, ``method``, ``entropy_weight``, ``fd_epsilon``.
 
-    Compile it with a :class:`slf_tf.CombinedLoss` (any strategy) as ``loss``.
+    Compile it with a :class:`slf_tf.CombinedLoss` (any strategy) as ``loss``, or, for a model with several
+    outputs, a dict (or list) of them: each output gets its own decision network, all learning from one
+    lookahead whose validation objective is the sum of the outputs' validation losses.
     Save ``slf_model.network`` for inference; the wrapper's ``get_config`` leaves
     the validation data out.
     """
@@ -126,15 +141,17 @@ class SLFModel(keras.Model):
     def call(self, x, training=False):
         return self.network(x, training=training)
 
-    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, **kwargs: Any) -> None:
-        if not isinstance(loss, CombinedLoss):
-            raise ValueError(f"SLFModel.compile needs a slf_tf combined loss (e.g. StochasticLoss); got {loss!r}.")
-        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+    def compile(self, optimizer: Any = "rmsprop", loss: Any = None, loss_weights: Any = None, **kwargs: Any) -> None:
+        """Keras' ``compile``; ``loss`` is a slf_tf combined loss, or a dict / list of them, one per output
+        (each output its own decision network: :class:`slf_tf.heads.HeadLosses`)."""
+        slf_loss = as_step_loss(loss, loss_weights)
+        super().compile(optimizer=optimizer, loss=loss, loss_weights=loss_weights, **kwargs)
+        self.slf_loss = slf_loss  # what the step trains: the loss, or every output's side by side
         self._step = None
         # The loss's state (step: the temperature schedule and the per-step seeds) and its decision network
         # as the model's own weights, so that .keras files, save_weights, BackupAndRestore, ModelCheckpoint
         # and EarlyStopping(restore_best_weights=True) keep and restore them with the main network.
-        self.loss_state = list(loss.state_variables) + list(loss.decision_variables)
+        self.loss_state = list(slf_loss.state_variables) + list(slf_loss.decision_variables)
         pending, self._pending_loss_state = getattr(self, "_pending_loss_state", None), None
         if pending is not None:  # weights loaded before this compile (load_model(..., compile=False))
             super().load_own_variables(pending)
@@ -153,15 +170,17 @@ class SLFModel(keras.Model):
         super().load_own_variables(store)
 
     def _train_step_fn(self) -> TrainStep:
-        if self._validation is None and self.loss.needs_lookahead:
+        if self._validation is None and self.slf_loss.needs_lookahead:
             raise ValueError(
                 "This SLFModel has no validation_data (e.g. reloaded from a file); set_validation_data first."
             )
         if self._step is None:
             self.decision_optimizer = optimizer_in_scope(
-                self.decision_optimizer, self.distribute_strategy, self.loss.decision_learning_rate
+                self.decision_optimizer, self.distribute_strategy, self.slf_loss.decision_learning_rate
             )
-            self._step = TrainStep(self.network, self.loss, self.optimizer, self.decision_optimizer, self.settings)
+            self._step = TrainStep(
+                self.network, self.slf_loss, self.optimizer, self.decision_optimizer, self.settings, task=None
+            )
         return self._step
 
     def fit(self, *args: Any, **kwargs: Any):
@@ -179,13 +198,14 @@ class SLFModel(keras.Model):
             )
         x = arguments.get("x")
         if self._validation is not None and x is not None and not isinstance(x, tf.data.Dataset):
-            warn_if_same_data(x, self._validation[0].numpy(), "SLFModel(validation_data=...)")
+            x_val = tf.nest.map_structure(lambda a: a.numpy(), self._validation[0])
+            warn_if_same_data(x, x_val, "SLFModel(validation_data=...)")
         callbacks = list(arguments.get("callbacks") or [])
         quiet = arguments.get("verbose", "auto") == 0  # Keras adds no bar then: neither do we
         if not quiet and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
             callbacks.append(CompactProgbar())  # one slf_* key per candidate would make a 600-character line
         arguments["callbacks"] = callbacks
-        loss = self.loss if isinstance(self.loss, CombinedLoss) else None
+        loss = getattr(self, "slf_loss", None)
         before = (int(loss.step.numpy()), int(loss.skipped_steps.numpy())) if loss is not None else (0, 0)
         history = super().fit(**arguments)
         if loss is not None:
@@ -196,27 +216,28 @@ class SLFModel(keras.Model):
     def set_validation_data(self, validation_data: Any) -> None:
         """Sets (or replaces) the clean held-out split of the decision update."""
         # Eager tensors: a traced step captures them by reference instead of copying them into its graph.
-        self._validation = tuple(tf.constant(a) for a in _validation_arrays(validation_data))
+        self._validation = tf.nest.map_structure(tf.constant, _validation_arrays(validation_data))
 
     def _validation_batch(self, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """This replica's share of the step's validation batch, drawn with replacement from ``(seed, step)``."""
         x, y = self._validation
+        size = tf.nest.flatten(x)[0].shape[0]
         replicas = distributed.num_replicas()
         if self.val_batch_size % replicas:
             raise ValueError(
                 f"val_batch_size={self.val_batch_size} must divide by the number of replicas ({replicas})."
             )
         per_replica = self.val_batch_size // replicas
-        seed = rng.step_seed(self.loss.seed, step, stream=2)
-        idx = tf.random.stateless_uniform([self.val_batch_size], seed, 0, x.shape[0], tf.int32)
+        seed = rng.step_seed(self.slf_loss.seed, step, stream=2)
+        idx = tf.random.stateless_uniform([self.val_batch_size], seed, 0, size, tf.int32)
         context = tf.distribute.get_replica_context()
         first = (0 if context is None else context.replica_id_in_sync_group) * per_replica
         mine = idx[first : first + per_replica]
-        return tf.gather(x, mine), tf.gather(y, mine)
+        return tf.nest.map_structure(lambda a: tf.gather(a, mine), (x, y))
 
     def train_step(self, data, update_decision: bool | None = None):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        step = tf.convert_to_tensor(self.loss.step)
+        step = tf.convert_to_tensor(self.slf_loss.step)
         train_step = self._train_step_fn()
         if self._validation is not None:
             x_val, y_val = self._validation_batch(step)
@@ -226,7 +247,7 @@ class SLFModel(keras.Model):
         result = train_step(step, x, y, x_val, y_val, sample_weight, update_decision=decide)
         self._loss_tracker.update_state(result.metrics["loss"], sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
         logs = self.compute_metrics(x, y, result.predictions, sample_weight=sample_weight)
-        logs.update(self.loss.decision_summary())  # the decision, in the progress bar, History and TensorBoard
+        logs.update(self.slf_loss.decision_summary())  # the decision, in the progress bar, History and TensorBoard
         if "hypergrad_norm" in result.metrics:
             logs["slf_hypergrad_norm"] = result.metrics["hypergrad_norm"]
         return self._reducible(logs)
@@ -269,7 +290,7 @@ class SLFModel(keras.Model):
             raise NotImplementedError("every > 1 needs Keras 3's TensorFlow trainer (_make_function); use every=1.")
         full = self._make_function(functools.partial(self.train_step, update_decision=True))
         main = self._make_function(functools.partial(self.train_step, update_decision=False))
-        calls = [int(self.loss.step.numpy())]
+        calls = [int(self.slf_loss.step.numpy())]
 
         def train_function(iterator):
             fn = full if calls[0] % every == 0 else main

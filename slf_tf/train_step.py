@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from slf_tf import distributed, hypergrad, metrics, rng
+from slf_tf.heads import HeadLosses
 from slf_tf.stochastic_loss import CombinedLoss
 
 __all__ = [
@@ -190,10 +191,11 @@ class TrainStep:
 
     Args:
       model: the main network (Keras 3), called functionally.
-      loss: the combined loss (any strategy).
+      loss: the combined loss (any strategy), or :class:`slf_tf.heads.HeadLosses` (a loss per output).
       main_optimizer, decision_optimizer: Keras optimizers.
       settings: :class:`DecisionSettings`.
-      task: ``classification`` | ``regression`` | ``binary``, for the metrics.
+      task: ``classification`` | ``regression`` | ``binary``, for the metrics (None: the loss only; ``SLFModel``
+        has Keras compute the compiled metrics).
       global_batch, global_val_batch: global batch sizes if fixed (else each step
         counts its examples over replicas).
     """
@@ -201,12 +203,12 @@ class TrainStep:
     def __init__(
         self,
         model: keras.Model,
-        loss: CombinedLoss,
+        loss: CombinedLoss | HeadLosses,
         main_optimizer: keras.optimizers.Optimizer,
         decision_optimizer: keras.optimizers.Optimizer,
         settings: DecisionSettings = DecisionSettings(),
         *,
-        task: str = "classification",
+        task: str | None = "classification",
         global_batch: int | None = None,
         global_val_batch: int | None = None,
     ):
@@ -330,7 +332,7 @@ class TrainStep:
 
     def _metrics(self, look: hypergrad.Lookahead, y: Any) -> dict[str, tf.Tensor]:
         """The objective and the task metrics of the train batch, summed over replicas in one all-reduce."""
-        sums = metrics.task_sums(self.task, y, look.forward.predictions)
+        sums = metrics.task_sums(self.task, y, look.forward.predictions) if self.task else {}
         n = _global_size(y, self.global_batch)
         names = ["loss", *sums]
         values = [look.forward.objective] + [tf.cast(v, tf.float32) / n for v in sums.values()]

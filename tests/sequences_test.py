@@ -198,3 +198,24 @@ def test_plain_compile_and_fit_of_a_token_model_with_the_decision_callback():
                         callbacks=[update])  # fmt: skip
     assert np.all(np.isfinite(history.history["loss"]))
     assert int(loss.step.numpy()) == 8
+
+
+def test_a_masked_token_model_under_mirrored_matches_one_device():
+    """The mask scaling is per replica, as Keras' is: equal lengths per replica half make the two agree."""
+    from slf_tf.training import factories
+
+    (x, _), (xv, _) = _tokens(0, batch=32), _tokens(1, batch=16)
+    for tokens in (x, xv):  # the same number of valid positions in every example
+        tokens[:, :3] = np.maximum(tokens[:, :3], 1)
+        tokens[:, 3:] = 0
+    strategy = factories.create_distribution_strategy("mirrored")
+    runs = []
+    for s in (tf.distribute.get_strategy(), strategy):
+        with s.scope():
+            model = slf_tf.SLFModel(_token_model(), (xv, xv % C), keras.optimizers.Adam(0.05), val_batch_size=8)
+            model.compile(optimizer=keras.optimizers.Adam(0.01), loss=slf_tf.StochasticLoss(BAG, k=2, seed=0))
+        history = model.fit(x, x % C, batch_size=8, epochs=2, shuffle=False, verbose=0).history
+        runs.append((history["loss"], [np.asarray(v) for v in model.slf_loss.decision_variables]))
+    np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-4)
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):  # float32 sums in another order; entries near 0
+        np.testing.assert_allclose(b, a, rtol=5e-4, atol=1e-3 * np.max(np.abs(a)))
