@@ -10,9 +10,10 @@ from typing import Any
 import keras
 import numpy as np
 
+import slf_tf
 from slf_tf.experiments import common
 
-__all__ = ["BestCheckpoint", "fit_rows", "summarise"]
+__all__ = ["BestCheckpoint", "fit_rows", "slf_defaults", "summarise", "table"]
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -107,3 +108,9 @@ def table(summary: dict, title: str) -> str:
             f"{100 * m['slf']:.2f} | {100 * np.mean(m['slf_minus_sweep']):+.2f} ({per_seed}) |"
         )
     return "\n".join(rows)
+
+
+def slf_defaults(config) -> dict[str, Any]:
+    """SLF's arguments from ``config.slf`` (the library's defaults, as configs/digits.py sets them: one set for
+    every task): ``k`` and the exponential temperature anneal ``(initial, rate, minimum)``."""
+    return {"k": config.slf.k, "temperature": slf_tf.schedules.ExponentialAnneal(*config.slf.temperature)}

@@ -150,7 +150,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     def build(name):
         def make(seed):
             if name == "slf":
-                loss = slf_tf.StochasticLoss(losses, seed=seed, **_slf_defaults(config))
+                loss = slf_tf.StochasticLoss(losses, seed=seed, **fair_fit.slf_defaults(config))
             else:
                 loss = slf_tf.FixedLoss(losses, loss=name.removeprefix("fixed:"))
             return build_network(config.units, seed), loss
@@ -186,8 +186,3 @@ def run(config, workdir: str) -> dict[str, Any]:
 def _score(network, val) -> tuple[float, dict]:
     metrics = evaluate(network, val)
     return metrics["exact_match"], metrics
-
-
-def _slf_defaults(config) -> dict[str, Any]:
-    """The library's SLF defaults, as the benchmark's configs set them (one set for every task)."""
-    return {"k": config.slf.k, "temperature": slf_tf.schedules.ExponentialAnneal(*config.slf.temperature)}
