@@ -30,7 +30,7 @@ from slf_tf.keras_views import CompactProgbar, SLFTensorBoard
 from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import DecisionSettings, TrainStep, optimizer_in_scope
 
-__all__ = ["CompactProgbar", "DecisionUpdate", "SLFTensorBoard", "as_batches"]
+__all__ = ["CompactProgbar", "DecisionUpdate", "Restart", "SLFTensorBoard", "as_batches"]
 
 
 def as_batches(data: Any, name: str, batch_size: int = 128, check_finite: bool = False) -> tf.data.Dataset:
@@ -185,3 +185,46 @@ class DecisionUpdate(keras.callbacks.Callback):
 
     def on_predict_end(self, logs=None):
         self.loss.sampling.assign(self._training)
+
+
+class Restart(keras.callbacks.Callback):
+    """The trainer's restart mode for ``SLFModel.fit``: at ``fraction`` of the fit's steps, the main network
+    restarts from fresh weights (and a fresh optimizer state) with the decision learned so far.
+
+    The decision network often settles on the right loss only after the candidates it tried first have
+    done damage (docs/design.md, "Committing in time"); the restart gives the main network a second start
+    under the settled decision, within the same budget. Only a decision learned from the validation
+    hypergradient restarts (``slf``, ``softmax``, ``joint``, ``meta_weight_net``; one head or several);
+    with other losses this callback does nothing. Fresh weights are drawn with ``seed``.
+    """
+
+    def __init__(self, fraction: float = 0.4, seed: int = 0):
+        super().__init__()
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"Restart fraction must be in (0, 1); got {fraction!r}.")
+        self.fraction, self.seed = float(fraction), int(seed)
+        self.restarted_at = -1  # the step of the restart (-1: not yet)
+        self._at, self._step = None, 0
+
+    def on_train_begin(self, logs=None):
+        loss = getattr(self.model, "slf_loss", None)
+        if loss is None:
+            raise ValueError("Restart works with SLFModel (the fused step), whose network it restarts.")
+        learned = loss.needs_lookahead and bool(loss.decision_variables)
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if learned and steps and epochs and self.restarted_at < 0:
+            self._at = round(self.fraction * steps * epochs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._at is not None and self._step == self._at:
+            network = self.model.network
+            keras.utils.set_random_seed(self.seed + 1)
+            fresh = keras.models.clone_model(network)
+            for variable, value in zip(network.weights, fresh.weights, strict=True):
+                variable.assign(value)
+            optimizer = self.model.optimizer
+            for variable in optimizer.variables:  # iterations and moments; not the learning rate
+                if variable is not getattr(optimizer, "_learning_rate", None):
+                    variable.assign(tf.zeros_like(variable))
+            self.restarted_at, self._at = self._step, None
+        self._step += 1

@@ -155,3 +155,44 @@ def test_backup_and_restore_resumes_both_networks_and_the_loss_state(tmp_path):
     assert seen["step"] == saved[0] == 8  # two epochs of 4 batches: the schedule and the seeds go on
     for a, b in zip(seen["decision"], saved[1], strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class _RestartProbe(keras.callbacks.Callback):
+    """Records the network, the optimizer's step count and the decision right after step 4."""
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen, self.step = seen, 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.step += 1
+        if self.step == 5:  # right after the restart at step 4 (8 steps: 2 epochs of 4)
+            self.seen["weights"] = [np.array(w) for w in self.model.network.get_weights()]
+            self.seen["iterations"] = int(self.model.optimizer.iterations.numpy())
+            self.seen["decision"] = [np.asarray(v) for v in self.model.slf_loss.decision_variables]
+
+
+def test_restart_callback_restarts_the_network_and_keeps_the_decision():
+    import slf_tf.callbacks
+
+    r = np.random.default_rng(0)
+    x, y, xv, yv = r.normal(size=(64, 5)), r.integers(0, 3, 64), r.normal(size=(32, 5)), r.integers(0, 3, 32)
+    runs = {}
+    for strategy in ("slf", "fixed"):
+        keras.utils.set_random_seed(0)
+        network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+        model = slf_tf.SLFModel(network, validation_data=(xv, yv), val_batch_size=16)
+        model.compile(optimizer="adam", loss=slf_tf.create_loss(strategy, ["cross_entropy", "mae"], k=1))
+        restart = slf_tf.callbacks.Restart(0.5, seed=3)
+        seen = {}
+        probe = _RestartProbe(seen)
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[restart, probe])
+        runs[strategy] = (restart.restarted_at, seen, network)
+    at, seen, network = runs["slf"]
+    assert at == 4 and seen["iterations"] == 0
+    keras.utils.set_random_seed(4)  # the callback's seed + 1
+    fresh = keras.models.clone_model(network)
+    for got, want in zip(seen["weights"], fresh.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want)
+    assert any(np.any(v != 0) for v in seen["decision"])  # the decision goes on
+    assert runs["fixed"][0] == -1  # nothing learned to restart with

@@ -13,7 +13,7 @@ import numpy as np
 import slf_tf
 from slf_tf.experiments import common
 
-__all__ = ["BestCheckpoint", "fit_rows", "slf_defaults", "summarise", "table"]
+__all__ = ["BestCheckpoint", "fit_rows", "slf_callbacks", "slf_defaults", "summarise", "table"]
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -114,3 +114,11 @@ def slf_defaults(config) -> dict[str, Any]:
     """SLF's arguments from ``config.slf`` (the library's defaults, as configs/digits.py sets them: one set for
     every task): ``k`` and the exponential temperature anneal ``(initial, rate, minimum)``."""
     return {"k": config.slf.k, "temperature": slf_tf.schedules.ExponentialAnneal(*config.slf.temperature)}
+
+
+def slf_callbacks(config, seed: int) -> list[keras.callbacks.Callback]:
+    """The restart of the library's defaults (``config.slf.restart_fraction``, 0: off); a no-op for fixed losses."""
+    from slf_tf.callbacks import Restart
+
+    fraction = config.slf.get("restart_fraction", 0.0)
+    return [Restart(fraction, seed=seed)] if fraction else []

@@ -70,8 +70,22 @@ def make_data(config, seed: int) -> dict[str, tuple[np.ndarray, dict[str, np.nda
     return out
 
 
+@keras.saving.register_keras_serializable(package="slf_tf")
+class CornersFromCentreSize(keras.layers.Layer):
+    """Four raw outputs -> a valid box: sigmoid centre and size, as corners ``(x_min, y_min, x_max, y_max)``.
+
+    Raw corners can come out inverted (``x_max < x_min``), where the IoU losses have no gradient; a box
+    parametrised by its centre and size is always valid (as detectors predict offsets, not raw corners).
+    """
+
+    def call(self, raw):
+        unit = keras.ops.sigmoid(raw)
+        centre, half = unit[..., :2], 0.5 * unit[..., 2:]
+        return keras.ops.concatenate([centre - half, centre + half], axis=-1)
+
+
 def build_network(canvas: int, seed: int) -> keras.Model:
-    """A small CNN with two heads: ``class`` (10 logits) and ``box`` (4 corners)."""
+    """A small CNN with two heads: ``class`` (10 logits) and ``box`` (4 corners, :class:`CornersFromCentreSize`)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((canvas, canvas, 1))
     h = keras.layers.Conv2D(16, 3, activation="relu", padding="same")(inputs)
@@ -79,7 +93,8 @@ def build_network(canvas: int, seed: int) -> keras.Model:
     h = keras.layers.Conv2D(32, 3, activation="relu", padding="same")(h)
     h = keras.layers.MaxPooling2D()(h)
     h = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(h))
-    outputs = {"class": keras.layers.Dense(10, name="class")(h), "box": keras.layers.Dense(4, name="box")(h)}
+    box = CornersFromCentreSize(name="box")(keras.layers.Dense(4)(h))
+    outputs = {"class": keras.layers.Dense(10, name="class")(h), "box": box}
     return keras.Model(inputs, outputs, name="localiser")
 
 
@@ -131,7 +146,8 @@ def run(config, workdir: str) -> dict[str, Any]:
                       loss_weights={"class": 1.0, "box": config.box_weight})  # fmt: skip
         writer = common.summary_writer(workdir, os.path.join(f"seed{seed}", name.replace(":", "_")))
         best = fair_fit.BestCheckpoint(network, lambda: _score(network, data["val"]), writer)
-        model.fit(*data["train"], batch_size=config.batch_size, epochs=config.epochs, verbose=0, callbacks=[best])
+        callbacks = [best, *fair_fit.slf_callbacks(config, seed)]
+        model.fit(*data["train"], batch_size=config.batch_size, epochs=config.epochs, verbose=0, callbacks=callbacks)
         writer.close()
         result = {"val": best.best, "best_epoch": best.best_epoch, "test": evaluate(network, data["test"])}
         if name == "slf":

@@ -167,7 +167,8 @@ def run(config, workdir: str) -> dict[str, Any]:
         writer = common.summary_writer(workdir, os.path.join(f"seed{seed}", name.replace(":", "_")))
         best = fair_fit.BestCheckpoint(network, lambda: _score(network, data["val"]), writer)
         x, y = data["train"]
-        model.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, verbose=0, callbacks=[best])
+        callbacks = [best, *fair_fit.slf_callbacks(config, seed)]
+        model.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, verbose=0, callbacks=callbacks)
         writer.close()
         result = {"val": best.best, "best_epoch": best.best_epoch, "test": evaluate(network, data["test"])}
         if name == "slf":
