@@ -13,7 +13,10 @@ Models: the MLP on digits (64 features) and the small CNN on MNIST-shaped inputs
   l2rw, meta_weight_net, joint  the example-weighting strategies (JVP, every step)
 and Keras' fit, each against a plain cross-entropy fit of the same model: keras_slf_model
 (SLFModel, the fused step; every step and every 10) and keras_callback (a compiled
-StochasticLoss with the DecisionUpdate callback; every batch and every 10).
+StochasticLoss with the DecisionUpdate callback; every batch and every 10). The sequence
+model (``--models sequence``: Embedding(mask_zero) -> GRU -> Dense over padded synthetic
+tokens, 20 positions, 50 classes) is timed on the Keras path only: SLFModel against a
+SparseCategoricalCrossentropy fit of the same model.
 Goals (CPU): bag <= 1.15x, exact every 10 <= 1.3x, exact every step <= 2.5x on the
 CNN, finite difference <= exact, JVP <= finite difference. Medians over rounds, and the
 interquartile range of the per-round ratio; traces per step function.
@@ -43,7 +46,7 @@ from slf_tf.training import Trainer, input_pipeline, progress  # noqa: E402
 _ROUNDS = flags.DEFINE_integer("rounds", 15, "Timing rounds (medians are over these).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Steps per variant per round (a multiple of 10).")
 _OUT = flags.DEFINE_string("out", "benchmarks/results", "Where step_overhead.md / .json go.")
-_MODELS = flags.DEFINE_list("models", ["mlp", "cnn"], "Which models to time (mlp, cnn).")
+_MODELS = flags.DEFINE_list("models", ["mlp", "cnn", "sequence"], "Which models to time (mlp, cnn, sequence).")
 _KERAS = flags.DEFINE_bool("keras", True, "Also time the Keras fit path (x CE there is against a plain CE fit).")
 BATCH = 128
 
@@ -251,6 +254,60 @@ def _measure_keras(model_name: str, dataset, rounds: int, steps: int) -> dict:
     return _time_rounds(variants, rounds, steps, "keras_ce")
 
 
+SEQUENCE_LENGTH, SEQUENCE_CLASSES = 20, 50
+
+
+def _synthetic_tokens(n: int = 4096, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Padded token sequences (lengths 5-20, 0 = padding) and per-position labels."""
+    r = np.random.default_rng(seed)
+    x = r.integers(1, SEQUENCE_CLASSES, size=(n, SEQUENCE_LENGTH)).astype(np.int32)
+    lengths = r.integers(5, SEQUENCE_LENGTH + 1, size=n)
+    x[np.arange(SEQUENCE_LENGTH)[None] >= lengths[:, None]] = 0
+    return x, ((x * 7 + 3) % SEQUENCE_CLASSES).astype(np.int32)
+
+
+def _sequence_variant(name: str, every: int | None) -> _Variant:
+    """A padded token model's ``fit``: plain cross-entropy (every=None), or SLFModel every ``every`` steps."""
+    import slf_tf
+
+    keras.utils.set_random_seed(0)
+    network = keras.Sequential(
+        [
+            keras.Input((SEQUENCE_LENGTH,), dtype="int32"),
+            keras.layers.Embedding(SEQUENCE_CLASSES, 32, mask_zero=True),
+            keras.layers.GRU(64, return_sequences=True),
+            keras.layers.Dense(SEQUENCE_CLASSES),
+        ]
+    )
+    x, y = _synthetic_tokens()
+    train = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(BATCH)
+    if every is None:
+        model = network
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    else:
+        model = slf_tf.SLFModel(network, _synthetic_tokens(512, seed=1), val_batch_size=BATCH, every=every)
+        model.compile(
+            keras.optimizers.Adam(1e-3), slf_tf.StochasticLoss(list(digits_config.get_config().loss.candidates), k=3)
+        )
+
+    def run(n):
+        return model.fit(train, epochs=1, steps_per_epoch=n, verbose=0).history["loss"][-1]
+
+    return _Variant(name, run, lambda: {})
+
+
+def _measure_sequence(rounds: int, steps: int) -> dict:
+    """The sequence model's Keras step times, relative to a plain cross-entropy ``fit`` of it."""
+    variants = [
+        _sequence_variant("keras_ce", None),
+        _sequence_variant("keras_slf_model", 1),
+        _sequence_variant("keras_slf_model_every10", 10),
+    ]
+    for v in variants:
+        v.run_steps(10)  # trace and build
+    return _time_rounds(variants, rounds, steps, "keras_ce")
+
+
 GOALS = {
     "bag_frozen": ("<= 1.15x", lambda r, _: r <= 1.15),
     "exact_every10": ("<= 1.3x", lambda r, _: r <= 1.3),
@@ -266,12 +323,18 @@ def main(argv):
     progress.setup_console_logging()
     if _STEPS.value % 10:
         raise app.UsageError("--steps must be a multiple of 10 (the exact_every10 cycle).")
-    setups = {"mlp": lambda: data_lib.load("digits", seed=0), "cnn": _synthetic_mnist}
+    setups = {"mlp": lambda: data_lib.load("digits", seed=0), "cnn": _synthetic_mnist, "sequence": lambda: None}
+    unknown = sorted(set(_MODELS.value) - set(setups))
+    if unknown:
+        raise app.UsageError(f"Unknown models {unknown}; known: {sorted(setups)}.")
     setups = {name: setups[name]() for name in _MODELS.value}
     results, rows = {}, []
     for model_name, dataset in setups.items():
-        r = _measure(model_name, dataset, _ROUNDS.value, _STEPS.value)
-        if _KERAS.value:
+        if model_name == "sequence":
+            r = _measure_sequence(_ROUNDS.value, _STEPS.value)
+        else:
+            r = _measure(model_name, dataset, _ROUNDS.value, _STEPS.value)
+        if _KERAS.value and model_name != "sequence":
             r.update(_measure_keras(model_name, dataset, _ROUNDS.value, _STEPS.value))
         results[model_name] = r
         for name, m in r.items():
