@@ -168,8 +168,8 @@ def coefficient_gradient(
 ) -> hypergrad.Lookahead:
     """``dJ/dc`` and ``J(w')`` at given coefficients, with the SGD virtual step (for analysis and tests)."""
     weights = [v.value for v in model.trainable_variables]
-    forward = make_forward(model, loss, x, y, tf.shape(x)[0], tf.ones_like(coefficients))
-    val_fn = make_validation(model, loss, x_val, y_val, tf.shape(x_val)[0])
+    forward = make_forward(model, loss, x, y, _global_size(x, None), tf.ones_like(coefficients))
+    val_fn = make_validation(model, loss, x_val, y_val, _global_size(x_val, None))
     step = hypergrad.sgd_step(lookahead_lr, len(weights))
     return hypergrad.lookahead(forward, val_fn, weights, coefficients, step, method=method, fd_epsilon=fd_epsilon)
 

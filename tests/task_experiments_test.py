@@ -54,7 +54,8 @@ def test_translation_runs_end_to_end(tmp_path):
     assert set(summary["metrics"]) == {"exact_match", "token_accuracy"}
     with open(os.path.join(tmp_path, "results.json")) as f:
         runs = json.load(f)["runs"]
-    assert set(runs) == {"fixed:cross_entropy", "fixed:gce(q=0.7)", "slf"}
+    assert set(runs) == {"fixed:cross_entropy", "fixed:gce(q=0.7)", "slf", "slf[virtual_step=sgd]"}
+    assert set(summary["variants"]) == {"slf[virtual_step=sgd]"}
     assert all(0 <= r["0"]["test"]["token_accuracy"] <= 1 for r in runs.values())
     assert os.path.exists(os.path.join(tmp_path, "translation.md"))
     assert os.listdir(os.path.join(tmp_path, "tensorboard", "seed0"))

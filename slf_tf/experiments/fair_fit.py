@@ -13,7 +13,7 @@ import numpy as np
 import slf_tf
 from slf_tf.experiments import common
 
-__all__ = ["BestCheckpoint", "fit_rows", "slf_callbacks", "slf_defaults", "summarise", "table"]
+__all__ = ["BestCheckpoint", "fit_rows", "slf_callbacks", "slf_defaults", "summarise", "table", "variant_settings"]
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -86,6 +86,11 @@ def summarise(results: dict[str, dict[str, dict[str, Any]]], metrics: Sequence[s
             "slf": float(np.mean(slf)),
             "slf_minus_sweep": [float(a - b) for a, b in zip(slf, sweep, strict=True)],
         }
+    variants = [name for name in results if name.startswith("slf[")]
+    out["variants"] = {
+        name: {metric: float(np.mean([results[name][s]["test"][metric] for s in seeds])) for metric in metrics}
+        for name in variants
+    }
     cost = {name: float(np.mean([r["seconds"] for r in by_seed.values()])) for name, by_seed in results.items()}
     out["slf_cost_over_sweep"] = cost["slf"] / sum(cost[n] for n in fixed)
     return out
@@ -107,7 +112,18 @@ def table(summary: dict, title: str) -> str:
             f"| {metric} | {100 * m['ce']:.2f} | {100 * m['sweep']:.2f} | {100 * m['oracle']:.2f} | "
             f"{100 * m['slf']:.2f} | {100 * np.mean(m['slf_minus_sweep']):+.2f} ({per_seed}) |"
         )
+    for name, means in summary.get("variants", {}).items():
+        cells = ", ".join(f"{metric} {100 * v:.2f}" for metric, v in means.items())
+        rows.append(f"\nNot the defaults, for the diagnosis: {name}: {cells}.")
     return "\n".join(rows)
+
+
+def variant_settings(name: str) -> dict[str, Any]:
+    """``SLFModel`` settings of a row named ``slf[key=value,...]`` (``{}`` for any other row)."""
+    if not name.startswith("slf["):
+        return {}
+    pairs = (item.split("=", 1) for item in name[4:-1].split(",") if item)
+    return {key.strip(): value.strip() for key, value in pairs}
 
 
 def slf_defaults(config) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     def build(name):
         def make(seed):
-            if name == "slf":
+            if name.startswith("slf"):
                 loss = slf_tf.StochasticLoss(losses, seed=seed, **fair_fit.slf_defaults(config))
             else:
                 loss = slf_tf.FixedLoss(losses, loss=name.removeprefix("fixed:"))
@@ -158,11 +158,13 @@ def run(config, workdir: str) -> dict[str, Any]:
         return make
 
     rows = {f"fixed:{name}": build(f"fixed:{name}") for name in losses} | {"slf": build("slf")}
+    rows |= {f"slf[{variant}]": build("slf") for variant in config.slf_variants}
     data_by_seed: dict[int, dict] = {}
 
     def train(name, network, loss, seed):
         data = data_by_seed.setdefault(seed, make_data(config, seed))
-        model = slf_tf.SLFModel(network, validation_data=data["val"], val_batch_size=config.val_batch_size)
+        settings = fair_fit.variant_settings(name)
+        model = slf_tf.SLFModel(network, data["val"], val_batch_size=config.val_batch_size, **settings)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
         writer = common.summary_writer(workdir, os.path.join(f"seed{seed}", name.replace(":", "_")))
         best = fair_fit.BestCheckpoint(network, lambda: _score(network, data["val"]), writer)
@@ -171,7 +173,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         model.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, verbose=0, callbacks=callbacks)
         writer.close()
         result = {"val": best.best, "best_epoch": best.best_epoch, "test": evaluate(network, data["test"])}
-        if name == "slf":
+        if name.startswith("slf"):
             result["coefficients"] = dict(zip(losses, np.asarray(loss.expected_coefficients()).tolist(), strict=True))
         return result
 
