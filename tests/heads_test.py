@@ -168,3 +168,19 @@ def test_two_heads_under_mirrored_match_one_device():
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-4)
     for a, b in zip(runs[0][1], runs[1][1], strict=True):  # float32 sums in another order; entries near 0
         np.testing.assert_allclose(b, a, rtol=5e-4, atol=1e-3 * np.max(np.abs(a)))
+
+
+def test_a_two_head_slf_model_saves_and_resumes(tmp_path):
+    (x, y), val = _data(0, n=32), _data(1, n=16)
+    model = slf_tf.SLFModel(_two_heads(), validation_data=val, val_batch_size=8)
+    losses = dict(zip(["class", "box"], _heads().heads, strict=True))
+    model.compile(optimizer="adam", loss=losses, loss_weights={"class": 1.0, "box": 2.0})
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    model.save(tmp_path / "two.keras")
+    loaded = keras.models.load_model(tmp_path / "two.keras")
+    assert [int(h.step.numpy()) for h in loaded.slf_loss.heads] == [4, 4] and loaded.slf_loss.loss_weights == [1, 2]
+    for a, b in zip(model.slf_loss.decision_variables, loaded.slf_loss.decision_variables, strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a))
+    loaded.set_validation_data(val)
+    loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert [int(h.step.numpy()) for h in loaded.slf_loss.heads] == [8, 8]
