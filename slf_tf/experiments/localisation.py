@@ -123,7 +123,13 @@ def run(config, workdir: str) -> dict[str, Any]:
                 defaults = fair_fit.slf_defaults(config)
                 losses = {
                     "class": slf_tf.StochasticLoss(class_bag, seed=seed, **defaults),
-                    "box": slf_tf.StochasticLoss(box_bag, task="regression", seed=seed + 1, **defaults),
+                    "box": slf_tf.StochasticLoss(
+                        box_bag,
+                        task="regression",
+                        seed=seed + 1,
+                        validation_loss=config.box_validation_loss,
+                        **defaults,
+                    ),
                 }
             else:
                 class_loss, box_loss = name.removeprefix("fixed:").split("+")
