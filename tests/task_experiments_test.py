@@ -66,7 +66,8 @@ def test_localisation_runs_end_to_end(tmp_path):
     assert set(summary["metrics"]) == {"accuracy", "mean_iou"}
     with open(os.path.join(tmp_path, "results.json")) as f:
         runs = json.load(f)["runs"]
-    assert len(runs) == 5 and set(runs["slf"]["0"]["coefficients"]) == {"class", "box"}
+    assert len(runs) == 6 and set(runs["slf"]["0"]["coefficients"]) == {"class", "box"}
+    assert set(runs["slf[virtual_step=sgd]"]["0"]["coefficients"]) == {"class", "box"}
 
 
 def test_the_sweep_is_picked_on_validation_not_test():

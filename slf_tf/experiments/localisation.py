@@ -119,7 +119,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     def build(name):
         def make(seed):
-            if name == "slf":
+            if name.startswith("slf"):
                 defaults = fair_fit.slf_defaults(config)
                 losses = {
                     "class": slf_tf.StochasticLoss(class_bag, seed=seed, **defaults),
@@ -143,11 +143,13 @@ def run(config, workdir: str) -> dict[str, Any]:
 
     pairs = [f"fixed:{c}+{b}" for c, b in itertools.product(class_bag, box_bag)]
     rows = {name: build(name) for name in pairs} | {"slf": build("slf")}
+    rows |= {f"slf[{variant}]": build("slf") for variant in config.slf_variants}
     data_by_seed: dict[int, dict] = {}
 
     def train(name, network, losses, seed):
         data = data_by_seed.setdefault(seed, make_data(config, seed))
-        model = slf_tf.SLFModel(network, validation_data=data["val"], val_batch_size=config.val_batch_size)
+        settings = fair_fit.variant_settings(name)
+        model = slf_tf.SLFModel(network, data["val"], val_batch_size=config.val_batch_size, **settings)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=losses,
                       loss_weights={"class": 1.0, "box": config.box_weight})  # fmt: skip
         writer = common.summary_writer(workdir, os.path.join(f"seed{seed}", name.replace(":", "_")))
@@ -156,7 +158,7 @@ def run(config, workdir: str) -> dict[str, Any]:
         model.fit(*data["train"], batch_size=config.batch_size, epochs=config.epochs, verbose=0, callbacks=callbacks)
         writer.close()
         result = {"val": best.best, "best_epoch": best.best_epoch, "test": evaluate(network, data["test"])}
-        if name == "slf":
+        if name.startswith("slf"):
             result["coefficients"] = {
                 head: dict(zip(loss.names, np.asarray(loss.expected_coefficients()).tolist(), strict=True))
                 for head, loss in losses.items()
