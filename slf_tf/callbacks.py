@@ -60,11 +60,14 @@ def as_batches(data: Any, name: str, batch_size: int = 128, check_finite: bool =
             )
         if len(data) == 2:
             x, y = data
-            if len(x) != len(y):
-                raise ValueError(f"{name}: x and y have different lengths ({len(x)} and {len(y)}).")
+            ys = {k: np.asarray(v) for k, v in y.items()} if isinstance(y, dict) else np.asarray(y)  # per output
+            lengths = sorted({len(x), *(len(v) for v in tf.nest.flatten(ys))})
+            if len(lengths) != 1:
+                raise ValueError(f"{name}: x and y have different lengths ({lengths}).")
             if check_finite:
-                check_finite_validation(x, y, name)
-            return tf.data.Dataset.from_tensor_slices((np.asarray(x), np.asarray(y))).batch(batch_size)
+                for labels in tf.nest.flatten(ys):
+                    check_finite_validation(x, labels, name)
+            return tf.data.Dataset.from_tensor_slices((np.asarray(x), ys)).batch(batch_size)
     raise ValueError(
         f"{name} must be an (x, y) tuple of arrays or a tf.data.Dataset of (x, y); got {type(data).__name__}."
     )
@@ -121,6 +124,11 @@ class DecisionUpdate(keras.callbacks.Callback):
 
     def _build(self) -> None:
         loss = getattr(self.model, "loss", None)
+        if isinstance(loss, (dict, list, tuple)):
+            raise ValueError(
+                "DecisionUpdate takes a model compiled with one combined loss; for a loss per output use SLFModel "
+                f"(each output gets its own decision); got {loss!r}."
+            )
         if not isinstance(loss, CombinedLoss):
             raise ValueError(f"DecisionUpdate needs a model compiled with a slf_tf combined loss; got {loss!r}.")
         if self.expected_loss is not None and self.expected_loss is not loss:

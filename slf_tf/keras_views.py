@@ -22,6 +22,11 @@ __all__ = ["CompactProgbar", "SLFTensorBoard", "decision_line"]
 
 def _compiled_loss(model: keras.Model, who: str) -> CombinedLoss:
     loss = getattr(model, "loss", None)
+    if isinstance(loss, (dict, list, tuple)):
+        raise ValueError(
+            f"{who} takes a model compiled with one combined loss; this one has a loss per output ({loss!r}). "
+            "Several outputs are trained by SLFModel; their decisions are in fit's logs (slf_<output>_p_...)."
+        )
     if not isinstance(loss, CombinedLoss):
         raise ValueError(f"{who} needs a model compiled with a slf_tf combined loss; got {loss!r}.")
     return loss

@@ -184,3 +184,23 @@ def test_a_two_head_slf_model_saves_and_resumes(tmp_path):
     loaded.set_validation_data(val)
     loaded.fit(x, y, batch_size=8, epochs=1, verbose=0)
     assert [int(h.step.numpy()) for h in loaded.slf_loss.heads] == [8, 8]
+
+
+def test_the_one_loss_keras_views_name_several_outputs():
+    x, y = _data(0, n=16)
+    model = _two_heads()
+    model.compile(optimizer="adam", loss=dict(zip(["class", "box"], _heads().heads, strict=True)))
+    for callback, match in (
+        (slf_tf.callbacks.SLFTensorBoard("/tmp/unused_logs"), "a loss per output"),
+        (slf_tf.callbacks.DecisionUpdate((x, y), (x, y)), "for a loss per output use SLFModel"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_decision_data_with_a_label_per_output_is_checked_per_output():
+    x, y = _data(0, n=16)
+    batches = slf_tf.callbacks.as_batches((x, y), "val_data", batch_size=8)
+    assert set(next(iter(batches))[1]) == {"class", "box"}
+    with pytest.raises(ValueError, match=r"val_data: x and y have different lengths \(\[3, 16\]\)"):
+        slf_tf.callbacks.as_batches((x, {"class": y["class"], "box": y["box"][:3]}), "val_data")
