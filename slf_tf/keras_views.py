@@ -55,9 +55,12 @@ class CompactProgbar(keras.callbacks.ProgbarLogger):
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, self._compact(logs))
-        loss = getattr(self.model, "loss", None)
+        loss = getattr(self.model, "slf_loss", getattr(self.model, "loss", None))
         if self.verbose and isinstance(loss, CombinedLoss):
             io_utils.print_msg(decision_line(loss))
+        elif self.verbose and hasattr(loss, "heads"):  # several outputs (HeadLosses): a line per output
+            for key, head in zip(loss.keys, loss.heads, strict=True):
+                io_utils.print_msg(decision_line(head).replace("decision:", f"decision ({key}):", 1))
 
     def on_test_end(self, logs=None):
         super().on_test_end(self._compact(logs))

@@ -204,3 +204,13 @@ def test_decision_data_with_a_label_per_output_is_checked_per_output():
     assert set(next(iter(batches))[1]) == {"class", "box"}
     with pytest.raises(ValueError, match=r"val_data: x and y have different lengths \(\[3, 16\]\)"):
         slf_tf.callbacks.as_batches((x, {"class": y["class"], "box": y["box"][:3]}), "val_data")
+
+
+def test_the_compact_bar_prints_a_decision_line_per_output(capsys):
+    (x, y), val = _data(0, n=32), _data(1, n=16)
+    model = slf_tf.SLFModel(_two_heads(), validation_data=val, val_batch_size=8)
+    model.compile(optimizer="adam", loss=dict(zip(["class", "box"], _heads().heads, strict=True)))
+    model.fit(x, y, batch_size=8, epochs=1, verbose=2)
+    out = capsys.readouterr().out
+    assert out.count("decision (class): ") == 1 and out.count("decision (box): ") == 1, out
+    assert "slf_class_p_" not in out
