@@ -196,3 +196,16 @@ def test_restart_callback_restarts_the_network_and_keeps_the_decision():
         np.testing.assert_allclose(got, want)
     assert any(np.any(v != 0) for v in seen["decision"])  # the decision goes on
     assert runs["fixed"][0] == -1  # nothing learned to restart with
+
+
+def test_restart_callback_refuses_a_bad_fraction_and_a_plain_model():
+    import slf_tf.callbacks
+
+    for fraction in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=r"Restart fraction must be in \(0, 1\)"):
+            slf_tf.callbacks.Restart(fraction)
+    network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    network.compile(optimizer="adam", loss=slf_tf.StochasticLoss(["cross_entropy", "mae"]))
+    x, y = np.zeros((8, 5), np.float32), np.zeros(8, np.int32)
+    with pytest.raises(ValueError, match="Restart works with SLFModel"):
+        network.fit(x, y, epochs=1, verbose=0, callbacks=[slf_tf.callbacks.Restart(0.4)])
