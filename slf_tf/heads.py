@@ -75,6 +75,7 @@ class HeadLosses:
         self.sizes = [h.num_losses for h in heads]
         self.loss_weights = [float(w) for w in self._per_head(loss_weights, 1.0, "loss_weights")]
         self.seed, self.step = heads[0].seed, heads[0].step  # the heads step together
+        self.virtual_scale = heads[0].virtual_scale  # one lookahead for all heads: one trust region
         self.decision_learning_rate = heads[0].decision_learning_rate
 
     # ----------------------------------------------------------- structure --

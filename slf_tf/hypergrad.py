@@ -59,6 +59,8 @@ __all__ = [
     "lookahead",
     "resolve_method",
     "main_gradient",
+    "next_trust_scale",
+    "TRUST_REGION_FLOOR",
     "reweighted_lookahead",
     "preconditioned_step",
     "sgd_step",
@@ -131,6 +133,29 @@ class VirtualStep(NamedTuple):
 
     def apply(self, weights: Sequence[tf.Tensor], grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         return [w - tf.cast(s, w.dtype) * g for w, s, g in zip(weights, self.scales, grads, strict=True)]
+
+    def scaled(self, factor: tf.Tensor) -> VirtualStep:
+        """The same step, ``factor`` times as long (the trust region's scale)."""
+        return VirtualStep([s * tf.cast(factor, tf.float32) for s in self.scales])
+
+
+#: The trust region on the virtual step: its scale is halved after a step that overshot, doubled
+#: (up to 1, the optimizer's own step) after one that did not, and never goes below this floor.
+TRUST_REGION_FLOOR = 2.0**-20
+
+
+def next_trust_scale(scale: tf.Tensor, coefficients: tf.Tensor, coefficient_gradient: tf.Tensor) -> tf.Tensor:
+    """The virtual step's next scale: halved if ``J`` still rose at ``w'`` along the step, else doubled (<= 1).
+
+    ``-sum_i c_i dJ/dc_i = <P g, grad J(w')>`` (the objective is linear in ``c``) is
+    the slope of ``J`` along the step at its end: negative means ``w'`` lies past the
+    validation loss's minimum along the step (or the step climbs from the start).
+    A non-finite slope leaves the scale as it is.
+    """
+    scale = tf.convert_to_tensor(scale, tf.float32)
+    slope = -tf.reduce_sum(tf.cast(coefficients, tf.float32) * tf.cast(coefficient_gradient, tf.float32))
+    moved = tf.clip_by_value(tf.where(slope > 0.0, 2.0 * scale, 0.5 * scale), TRUST_REGION_FLOOR, 1.0)
+    return tf.where(tf.math.is_finite(slope), moved, scale)
 
 
 def sgd_step(learning_rate: float, num_variables: int) -> VirtualStep:

@@ -152,6 +152,8 @@ class SLFModel(keras.Model):
         # as the model's own weights, so that .keras files, save_weights, BackupAndRestore, ModelCheckpoint
         # and EarlyStopping(restore_best_weights=True) keep and restore them with the main network.
         self.loss_state = list(slf_loss.state_variables) + list(slf_loss.decision_variables)
+        if self.settings.trust_region:  # only then, so that files saved without it still load
+            self.loss_state.append(slf_loss.virtual_scale)
         pending, self._pending_loss_state = getattr(self, "_pending_loss_state", None), None
         if pending is not None:  # weights loaded before this compile (load_model(..., compile=False))
             super().load_own_variables(pending)
@@ -250,6 +252,8 @@ class SLFModel(keras.Model):
         logs.update(self.slf_loss.decision_summary())  # the decision, in the progress bar, History and TensorBoard
         if "hypergrad_norm" in result.metrics:
             logs["slf_hypergrad_norm"] = result.metrics["hypergrad_norm"]
+        if "virtual_scale" in result.metrics:
+            logs["slf_virtual_scale"] = result.metrics["virtual_scale"]
         return self._reducible(logs)
 
     def test_step(self, data):
@@ -311,5 +315,6 @@ class SLFModel(keras.Model):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SLFModel:
         config = dict(config)
+        config.setdefault("trust_region", False)  # saved before the setting existed: trained without it
         network = keras.saving.deserialize_keras_object(config.pop("network"))
         return cls(network, **config)

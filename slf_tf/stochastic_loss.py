@@ -141,6 +141,9 @@ class CombinedLoss(keras.losses.Loss):
         self.totals = _state(np.zeros(4 * n + 1, np.float32), name="totals")
         # [losses, coefficients, gate, weights] of the last training step, [4, N]
         self.last = _state(np.zeros((4, n), np.float32), name="last")
+        # The trust region's scale of the virtual step (1: the optimizer's own step; docs/design.md,
+        # "The trust region"). Saved after the decision variables, so files from before it still load.
+        self.virtual_scale = _state(1.0, name="virtual_scale")
 
     # ------------------------------------------------------------ state views --
 
@@ -393,7 +396,8 @@ class CombinedLoss(keras.losses.Loss):
         )
         # The learned state travels with the config, so a .keras model reloads its loss where it was
         # (the step, and with it the temperature schedule; the decision network; the running statistics).
-        config["state"] = [np.asarray(v).tolist() for v in self.state_variables + self.decision_variables]
+        saved = self.state_variables + self.decision_variables + [self.virtual_scale]
+        config["state"] = [np.asarray(v).tolist() for v in saved]
         return config
 
     @classmethod
@@ -408,8 +412,13 @@ class CombinedLoss(keras.losses.Loss):
         return loss
 
     def load_state(self, state: list) -> None:
-        """Assigns values saved by :meth:`get_config` (``state_variables`` then ``decision_variables``)."""
-        variables = self.state_variables + self.decision_variables
+        """Assigns values saved by :meth:`get_config` (``state_variables``, ``decision_variables``, the scale).
+
+        A state saved before the trust region existed lacks the scale, which then starts at 1.
+        """
+        variables = self.state_variables + self.decision_variables + [self.virtual_scale]
+        if len(state) == len(variables) - 1:
+            variables = variables[:-1]
         if len(state) != len(variables):
             raise ValueError(f"Saved loss state has {len(state)} values; this loss has {len(variables)} variables.")
         values = []

@@ -238,7 +238,7 @@ def slf_scalars(loss: Any, metrics: Mapping[str, Any], frequency: np.ndarray, ta
     if "scores" in metrics:  # -dJ/dc of the last decision update
         per_candidate["score"] = np.asarray(metrics["scores"])
     out = {f"slf/{q}/{tag}": float(v[i]) for q, v in per_candidate.items() for i, tag in enumerate(tags)}
-    for key in ("hypergrad_norm", "val_loss_lookahead", "decision_skipped", "examples_kept"):
+    for key in ("hypergrad_norm", "val_loss_lookahead", "virtual_scale", "decision_skipped", "examples_kept"):
         if key in metrics:
             out[f"slf/{key}"] = float(metrics[key])
     if hasattr(loss, "temperature"):
@@ -288,6 +288,7 @@ def slf_layout(headline: str = "accuracy", keras_metrics: bool = False):
         chart("temperature", r"^slf/temperature$"),
         chart("hypergradient norm", r"^slf/hypergrad_norm$"),
         chart("validation loss after the virtual step", r"^slf/val_loss_lookahead$"),
+        chart("the virtual step's trust-region scale", r"^slf/virtual_scale$"),
     ]
     return layout_pb2.Layout(
         category=[

@@ -50,6 +50,9 @@ class DecisionSettings:
         (nested tapes), ``jvp`` (forward mode) or ``finite_difference``.
       entropy_weight: weight of an entropy bonus on the selection distribution.
       fd_epsilon: the finite-difference step, relative to the direction's norm.
+      trust_region: scale the virtual step by ``s`` in [2^-20, 1], halved after a decision update
+        whose step overshot (``J`` rising at ``w'``) and doubled after one that did not; ``dJ/dc``
+        is read per unit of step (divided by ``s``). docs/design.md, "The trust region".
     """
 
     every: int = 1
@@ -58,6 +61,7 @@ class DecisionSettings:
     method: str = "auto"
     entropy_weight: float = 0.0
     fd_epsilon: float = 1e-3
+    trust_region: bool = False
 
     def __post_init__(self):
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
@@ -71,6 +75,8 @@ class DecisionSettings:
             raise ValueError(f"entropy_weight must be a number >= 0; got {self.entropy_weight!r}.")
         if not self.fd_epsilon > 0:
             raise ValueError(f"fd_epsilon must be > 0; got {self.fd_epsilon!r}.")
+        if not isinstance(self.trust_region, bool):
+            raise ValueError(f"trust_region must be True or False; got {self.trust_region!r}.")
 
 
 class StepResult(NamedTuple):
@@ -225,10 +231,31 @@ class TrainStep:
             decision_optimizer.build(loss.decision_variables)
 
     def _virtual_step(self, weights):
+        """The virtual step (or a function of the global gradient giving it), times the trust region's scale."""
+        scale = tf.convert_to_tensor(self.loss.virtual_scale) if self.settings.trust_region else None
         if self.settings.virtual_step == "sgd":
-            return hypergrad.sgd_step(self.settings.lookahead_lr, len(weights))
+            step = hypergrad.sgd_step(self.settings.lookahead_lr, len(weights))
+            return step if scale is None else step.scaled(scale)
         variables = self.model.trainable_variables
-        return lambda grads: hypergrad.preconditioned_step(self.main_optimizer, variables, grads)
+
+        def preconditioned(grads):
+            step = hypergrad.preconditioned_step(self.main_optimizer, variables, grads)
+            return step if scale is None else step.scaled(scale)
+
+        return preconditioned
+
+    def _trust_region(self, look: hypergrad.Lookahead) -> tuple[hypergrad.Lookahead, tf.Operation, tf.Tensor]:
+        """``dJ/dc`` (and the scores) per unit of the scaled step, the scale's update, and the scale used."""
+        scale = tf.convert_to_tensor(self.loss.virtual_scale)
+        coefficients = look.forward.coefficients
+        update = self.loss.virtual_scale.assign(
+            hypergrad.next_trust_scale(scale, coefficients, look.coefficient_gradient)
+        )
+        per_unit = lambda t: None if t is None else t / tf.cast(scale, t.dtype)  # noqa: E731
+        look = look._replace(
+            coefficient_gradient=per_unit(look.coefficient_gradient), example_scores=per_unit(look.example_scores)
+        )
+        return look, update, scale
 
     def _look(self, forward, weights, c, x_val, y_val, with_hypergradient: bool) -> hypergrad.Lookahead:
         """The forward and main gradient; with the hypergradient, also the virtual step and dJ/dc."""
@@ -283,6 +310,9 @@ class TrainStep:
         #      step w' = w - P g and dJ/dc (one forward/backward of the train batch serves all three).
         forward = make_forward(model, loss, x, y, _global_size(x, self.global_batch), choice.weights, sample_weight)
         look = self._look(forward, weights, c, x_val, y_val, hypergradient)
+        trust = learn and loss.needs_lookahead and self.settings.trust_region
+        if trust:  # dJ/dc per unit of step; the scale halves after an overshoot, else doubles (<= 1)
+            look, trust_update, out_scale = self._trust_region(look)
         # 4. The decision gradient dJ/dv.
         if learn:
             decision_grads = self._decision_gradient(decision_tape, decision_values, choice, look)
@@ -297,6 +327,8 @@ class TrainStep:
             out["hypergrad_norm"] = tf.linalg.global_norm(decision_grads) * distributed.num_replicas()
         if hypergradient:
             out["val_loss_lookahead"], out["scores"] = look.val_loss, -look.coefficient_gradient
+        if trust:
+            out["virtual_scale"] = out_scale
         if look.example_weights is not None:  # the share of the batch that L2RW's rule keeps (weight > 0)
             kept = tf.reduce_sum(tf.cast(look.example_weights > 0, tf.float32))
             out["examples_kept"] = distributed.all_sum(kept) / _global_size(x, self.global_batch)
@@ -304,7 +336,7 @@ class TrainStep:
         raw = loss.unnormalize(look.candidate_losses)
         val_loss = look.val_loss if hypergradient else None
         record = loss.record(choice, look.forward.coefficients, raw, look.forward.finite, val_loss)
-        with tf.control_dependencies([record]):
+        with tf.control_dependencies([record, trust_update] if trust else [record]):
             out.update(self._metrics(look, y), candidate_losses=raw)
             return StepResult({k: tf.identity(v) for k, v in out.items()}, look.forward.predictions)
 
@@ -321,12 +353,19 @@ class TrainStep:
             choice = loss.sample(rng.step_seed(loss.seed, step))
         forward = make_forward(self.model, loss, x, y, _global_size(x, self.global_batch), choice.weights)
         look = self._look(forward, weights, tf.stop_gradient(choice.coefficients), x_val, y_val, loss.needs_lookahead)
+        trust = loss.needs_lookahead and self.settings.trust_region
+        if trust:
+            look, trust_update, scale = self._trust_region(look)
         grads = self._decision_gradient(decision_tape, values, choice, look)
         out = {"decision_skipped": guarded_apply(self.decision_optimizer, grads, loss.decision_variables)}
         out["hypergrad_norm"] = tf.linalg.global_norm(grads) * distributed.num_replicas()
         if loss.needs_lookahead:
             out["val_loss_lookahead"], out["scores"] = look.val_loss, -look.coefficient_gradient
-            with tf.control_dependencies([loss.record_validation_loss(look.val_loss)]):
+            updates = [loss.record_validation_loss(look.val_loss)]
+            if trust:
+                out["virtual_scale"] = scale
+                updates.append(trust_update)
+            with tf.control_dependencies(updates):
                 return {k: tf.identity(v) for k, v in out.items()}
         return out
 

@@ -214,3 +214,16 @@ def test_the_compact_bar_prints_a_decision_line_per_output(capsys):
     out = capsys.readouterr().out
     assert out.count("decision (class): ") == 1 and out.count("decision (box): ") == 1, out
     assert "slf_class_p_" not in out
+
+
+def test_two_heads_share_one_trust_region():
+    """One lookahead for all outputs: one scale (the first head's), moved by the slope of the summed J."""
+    (x, y), val = _data(0, n=32), _data(1, n=16)
+    model = slf_tf.SLFModel(_two_heads(), val, val_batch_size=8, trust_region=True, virtual_step="sgd",
+                            lookahead_lr=500.0)  # fmt: skip
+    model.compile(optimizer="adam", loss=dict(zip(["class", "box"], _heads().heads, strict=True)))
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history
+    heads = model.slf_loss.heads
+    assert model.slf_loss.virtual_scale is heads[0].virtual_scale and model.loss_state[-1] is heads[0].virtual_scale
+    assert float(heads[0].virtual_scale) < 1.0 and float(heads[1].virtual_scale) == 1.0
+    assert history["slf_virtual_scale"][-1] < 1.0

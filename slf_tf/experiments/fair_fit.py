@@ -3,6 +3,7 @@ the sweep of the fixed losses picked on the same clean validation split (as ``be
 
 from __future__ import annotations
 
+import ast
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -123,7 +124,15 @@ def variant_settings(name: str) -> dict[str, Any]:
     if not name.startswith("slf["):
         return {}
     pairs = (item.split("=", 1) for item in name[4:-1].split(",") if item)
-    return {key.strip(): value.strip() for key, value in pairs}
+    return {key.strip(): _literal(value.strip()) for key, value in pairs}
+
+
+def _literal(text: str) -> Any:
+    """``True``, ``0.5``, ``3`` as Python values; anything else (``sgd``) as the string it is."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def slf_defaults(config) -> dict[str, Any]:

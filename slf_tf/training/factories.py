@@ -167,6 +167,7 @@ def decision_settings(config) -> DecisionSettings:
         method=d.method,
         entropy_weight=d.entropy_weight,
         fd_epsilon=d.fd_epsilon,
+        trust_region=d.trust_region,
     )
 
 

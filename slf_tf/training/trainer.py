@@ -164,6 +164,8 @@ class Trainer:
             "epoch_start": self.epoch_start,
             "restarted_at": self.restart.restarted_at,
         }
+        if self.train_step.settings.trust_region:  # only then: checkpoints from before it still resume
+            objects["virtual_scale"] = self.loss.virtual_scale
         # Non-chief workers write to a scratch copy that is discarded.
         ckpt_dir = os.path.join(self.workdir if self.is_chief else self._scratch_dir(), "checkpoints")
         self.checkpointer = checkpointing.Checkpointer(objects, ckpt_dir, c.max_checkpoints)
