@@ -105,7 +105,7 @@ class DecisionUpdate(keras.callbacks.Callback):
             )
         if isinstance(every_n_batches, bool) or not isinstance(every_n_batches, int) or every_n_batches < 1:
             raise ValueError(f"every_n_batches must be an integer >= 1; got {every_n_batches!r}.")
-        self.settings = DecisionSettings(every=every_n_batches, **settings)
+        self.settings = DecisionSettings.from_keywords("DecisionUpdate", every=every_n_batches, **settings)
         self.expected_loss = loss
         self.optimizer = optimizer  # made (or re-made) under the model's strategy when training starts
         if isinstance(train_data, tuple) and isinstance(val_data, tuple) and train_data and val_data:

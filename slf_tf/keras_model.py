@@ -125,7 +125,7 @@ class SLFModel(keras.Model):
     ):
         super().__init__(name=name or f"slf_{network.name}")
         self.network = network
-        self.settings = DecisionSettings(**settings)
+        self.settings = DecisionSettings.from_keywords("SLFModel", **settings)
         if isinstance(val_batch_size, bool) or not isinstance(val_batch_size, int) or val_batch_size < 1:
             raise ValueError(f"val_batch_size must be an integer >= 1; got {val_batch_size!r}.")
         self.val_batch_size = val_batch_size

@@ -63,6 +63,15 @@ class DecisionSettings:
     fd_epsilon: float = 1e-3
     trust_region: bool = False
 
+    @classmethod
+    def from_keywords(cls, owner: str, **settings: Any) -> DecisionSettings:
+        """The settings from keyword arguments; an unknown keyword is a ValueError naming it and the known ones."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(settings) - set(known))
+        if unknown:
+            raise ValueError(f"{owner} got unknown decision settings {unknown}; known: {known}.")
+        return cls(**settings)
+
     def __post_init__(self):
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
             raise ValueError(f"decision every must be an integer >= 1; got {self.every!r}.")

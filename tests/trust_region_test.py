@@ -214,3 +214,15 @@ def test_mirrored_trust_region_matches_one_device(tmp_path):
     assert float(np.asarray(mirrored.loss.virtual_scale)) == float(single.loss.virtual_scale)
     for a, b in zip(single.loss.decision_variables, mirrored.loss.decision_variables, strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("owner", ["SLFModel", "DecisionUpdate"])
+def test_an_unknown_decision_setting_is_named_with_the_known_ones(owner):
+    x, y = np.zeros((4, 5), "float32"), np.zeros(4, "int32")
+    with pytest.raises(
+        ValueError, match=rf"{owner} got unknown decision settings \['trust_regoin'\]; known: .*'trust_region'"
+    ):
+        if owner == "SLFModel":
+            slf_tf.SLFModel(keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)]), (x, y), trust_regoin=True)
+        else:
+            slf_tf.callbacks.DecisionUpdate((x, y), (x, y), trust_regoin=True)
