@@ -382,7 +382,7 @@ def test_fit_that_diverges_says_so():
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda loss: loss["state"][-1].__setitem__(0, float("nan")), r"Saved loss state for .* holds non-finite"),
+        (lambda loss: loss["state"][-2].__setitem__(0, float("nan")), r"Saved loss state for .* holds non-finite"),
         (lambda loss: loss.update(decision_network="state", hidden_units=2_000_000_000), r"hidden_units must be an"),
         (lambda loss: loss["state"].__setitem__(0, [1, 2, 3]), r"Saved loss state for .* has 3 values"),
     ],
