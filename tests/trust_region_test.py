@@ -202,6 +202,23 @@ def test_trainer_checkpoints_the_scale_and_resumes_from_it(tmp_path):
     assert resumed.step == 20
 
 
+def test_a_checkpoint_without_the_scale_still_restores(tmp_path):
+    """Checkpoints written before the scale existed: the rest restores, the scale keeps its initial 1."""
+    from slf_tf.training import checkpointing
+
+    step = tf.Variable(7)
+    checkpointing.Checkpointer({"step": step}, str(tmp_path)).save(7)
+    step.assign(0)
+    scale = tf.Variable(1.0)
+    reader = checkpointing.Checkpointer(
+        {"step": step, "virtual_scale": scale}, str(tmp_path), optional=("virtual_scale",)
+    )
+    assert reader.restore() is not None and int(step.numpy()) == 7 and float(scale.numpy()) == 1.0
+    strict = checkpointing.Checkpointer({"step": step, "virtual_scale": scale}, str(tmp_path))
+    with pytest.raises(ValueError, match="No readable checkpoint"):
+        strict.restore()
+
+
 def test_mirrored_trust_region_matches_one_device(tmp_path):
     from slf_tf.training.trainer import Trainer
 

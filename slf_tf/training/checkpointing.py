@@ -62,9 +62,12 @@ class Checkpointer:
       objects: what a checkpoint holds (step, both networks, both optimizers, state).
       directory: where the rolling checkpoints go (``best/`` inside it).
       max_to_keep: rolling checkpoints kept.
+      optional: keys of ``objects`` that checkpoints written before they existed lack; such a
+        checkpoint still restores, and those objects keep their initial values.
     """
 
-    def __init__(self, objects: dict[str, Any], directory: str, max_to_keep: int = 3):
+    def __init__(self, objects: dict[str, Any], directory: str, max_to_keep: int = 3, optional: tuple = ()):
+        self.objects, self.optional = dict(objects), tuple(optional)
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.directory, self.max_to_keep = directory, max_to_keep
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
@@ -75,12 +78,23 @@ class Checkpointer:
     def _restore_newest(self, prefixes: list[str]) -> str | None:
         for path in reversed(prefixes):  # newest first; an unreadable one falls back to the previous
             try:
-                self.checkpoint.restore(path).assert_existing_objects_matched()
+                self._for(path).restore(path).assert_existing_objects_matched()
             except _READ_ERRORS as e:
                 logging.warning("Checkpoint %s is unreadable (%s); trying the previous one.", path, type(e).__name__)
                 continue
             return path
         return None
+
+    def _for(self, path: str) -> tf.train.Checkpoint:
+        """The checkpoint object that reads ``path``: without the optional objects it lacks."""
+        if not self.optional:
+            return self.checkpoint
+        present = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
+        missing = [key for key in self.optional if key not in present]
+        if not missing:
+            return self.checkpoint
+        logging.info("Checkpoint %s predates %s; they keep their initial values.", path, missing)
+        return tf.train.Checkpoint(**{k: v for k, v in self.objects.items() if k not in missing})
 
     def restore(self) -> str | None:
         """Restores the newest readable rolling checkpoint; returns its path (None: nothing to resume).

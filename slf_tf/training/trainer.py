@@ -163,12 +163,13 @@ class Trainer:
             "decision": {f"v{i}": v for i, v in enumerate(self.loss.decision_variables)},
             "epoch_start": self.epoch_start,
             "restarted_at": self.restart.restarted_at,
+            "virtual_scale": self.loss.virtual_scale,  # optional: checkpoints from before it still resume
         }
-        if self.train_step.settings.trust_region:  # only then: checkpoints from before it still resume
-            objects["virtual_scale"] = self.loss.virtual_scale
         # Non-chief workers write to a scratch copy that is discarded.
         ckpt_dir = os.path.join(self.workdir if self.is_chief else self._scratch_dir(), "checkpoints")
-        self.checkpointer = checkpointing.Checkpointer(objects, ckpt_dir, c.max_checkpoints)
+        self.checkpointer = checkpointing.Checkpointer(
+            objects, ckpt_dir, c.max_checkpoints, optional=("virtual_scale",)
+        )
         self._steps = {flag: tf.function(self._distributed_step(flag)) for flag in (True, False)}
         signature = (
             tf.TensorSpec([None, *d.x_train.shape[1:]], tf.as_dtype(d.x_train.dtype)),
