@@ -261,9 +261,10 @@ PER_CANDIDATE = (
 _PER_CANDIDATE_TAGS = {f"slf/{quantity}" for quantity, _ in PER_CANDIDATE}
 
 
-def slf_layout(headline: str = "accuracy", keras_metrics: bool = False):
+def slf_layout(headline: str = "accuracy", keras_metrics: bool = False, trust_region: bool = False):
     """Custom-scalars layout: one chart per quantity, one line (a run) per candidate loss; train, validation
-    and test overlaid per metric (``keras_metrics``: the ``epoch_*`` tags of ``keras.callbacks.TensorBoard``)."""
+    and test overlaid per metric (``keras_metrics``: the ``epoch_*`` tags of ``keras.callbacks.TensorBoard``;
+    ``trust_region``: a chart of the virtual step's scale)."""
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     def chart(title, regex):
@@ -288,8 +289,9 @@ def slf_layout(headline: str = "accuracy", keras_metrics: bool = False):
         chart("temperature", r"^slf/temperature$"),
         chart("hypergradient norm", r"^slf/hypergrad_norm$"),
         chart("validation loss after the virtual step", r"^slf/val_loss_lookahead$"),
-        chart("the virtual step's trust-region scale", r"^slf/virtual_scale$"),
     ]
+    if trust_region:
+        decision.append(chart("the virtual step's trust-region scale", r"^slf/virtual_scale$"))
     return layout_pb2.Layout(
         category=[
             layout_pb2.Category(title="SLF: per candidate loss (one run per candidate)", chart=per_candidate),

@@ -1,5 +1,7 @@
 """The trust region on the virtual step: its scale rule, its hypergradient against brute force, its state."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -200,6 +202,18 @@ def test_trainer_checkpoints_the_scale_and_resumes_from_it(tmp_path):
     assert resumed.step == 10 and float(resumed.loss.virtual_scale) == scale
     resumed.run()
     assert resumed.step == 20
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert any(0 < r.get("slf/virtual_scale", 0) < 1 for r in rows)  # logged for TensorBoard and the jsonl
+
+
+def test_the_layout_charts_the_scale_only_with_the_trust_region():
+    from slf_tf import summaries
+
+    def titles(layout):
+        return [chart.title for category in layout.category for chart in category.chart]
+
+    assert "the virtual step's trust-region scale" in titles(summaries.slf_layout(trust_region=True))
+    assert "the virtual step's trust-region scale" not in titles(summaries.slf_layout())
 
 
 def test_a_checkpoint_without_the_scale_still_restores(tmp_path):
