@@ -31,7 +31,8 @@ def get_config():
     c.slf = ml_collections.ConfigDict()
     c.slf.k = 3  # the library's SLF defaults (configs/digits.py)
     c.slf.temperature = (2.0, 2e-3, 0.5)  # exponential anneal: initial, rate, minimum
-    c.slf_variants = ("virtual_step=sgd",)  # extra SLF rows (SLFModel settings), reported beside the defaults
+    # extra SLF rows (SLFModel settings), reported beside the defaults
+    c.slf_variants = ("trust_region=False", "virtual_step=sgd")
     c.slf.restart_fraction = 0.4  # restart the network at 40% of the fit (slf_tf.callbacks.Restart; 0: off)
     return c
 

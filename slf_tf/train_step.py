@@ -52,7 +52,8 @@ class DecisionSettings:
       fd_epsilon: the finite-difference step, relative to the direction's norm.
       trust_region: scale the virtual step by ``s`` in [2^-20, 1], halved after a decision update
         whose step overshot (``J`` rising at ``w'``) and doubled after one that did not; ``dJ/dc``
-        is read per unit of step (divided by ``s``). docs/design.md, "The trust region".
+        is read per unit of step (divided by ``s``). On by default since 2026-12-03; ``False`` is
+        the paper's full one-step lookahead. docs/design.md, "The trust region".
     """
 
     every: int = 1
@@ -61,7 +62,7 @@ class DecisionSettings:
     method: str = "auto"
     entropy_weight: float = 0.0
     fd_epsilon: float = 1e-3
-    trust_region: bool = False
+    trust_region: bool = True
 
     @classmethod
     def from_keywords(cls, owner: str, **settings: Any) -> DecisionSettings:
