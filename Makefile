@@ -50,7 +50,7 @@ bench-full: $(STAMP)
 	$(PY) -m benchmarks.sampler --rounds 30
 	$(PY) -m benchmarks.step_overhead --rounds 15
 	$(PY) -m benchmarks.quality --seeds 5 --workers 2 --mnist_dir "$(MNIST_DIR)" \
-		--variants "slf_before:decision.restart_fraction=0,decision.virtual_step=sgd"
+		--variants "slf_no_tr:decision.trust_region=False"
 	$(PY) -m benchmarks.commitment
 	$(PY) -m benchmarks.pair_noise --settings digits_pair40 --seeds 10,11 \
 		--variants "val256:decision.val_batch_size=256;joint:loss.strategy=joint"

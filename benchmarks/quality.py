@@ -223,7 +223,8 @@ def report(rows: list[dict]) -> tuple[str, dict]:
             "goals": goals,
         }
     variants = sorted({k for sm in summary.values() for k in sm["best"] if k.startswith("slf_")})
-    texts.insert(0, "\n\n".join(overview(summary, slf=name) for name in ["slf", *variants]) + "\n")
+    overviews = [overview(summary, slf=name) for name in ["slf", *variants]]
+    texts.insert(0, "\n\n".join([*overviews, peers_overview(summary)]) + "\n")
     if beats_oracle:
         share = sum(beats_oracle) / len(beats_oracle)
         status = "met" if share >= 0.5 else "MISSED"
@@ -265,6 +266,54 @@ def overview(summary: dict, slf: str = "slf") -> str:
         "cost / sweep",
     ]
     return "All at the best-validation checkpoint unless noted.\n\n" + harness.format_table(headers, rows)
+
+
+# The rows that learn from the clean split, side by side (peers_overview), in this order.
+LEARNED_ROWS = ("softmax", "slf", "l2rw", "meta_weight_net", "joint")
+
+
+def peers_overview(summary: dict) -> str:
+    """One row per classification setting: CE, the sweep and every learned row (mean best-checkpoint test %).
+
+    The best of CE, the sweep and the learned rows is in bold. The goal lines count, over
+    the noisy settings that have the rows: SLF >= both example-weighting peers, and
+    ``joint`` >= every other row. Returns "" when no setting has an example-weighting row.
+    """
+    chosen = {
+        setting: {k: np.asarray(v).mean() for k, v in sm["best"].items()}
+        for setting, sm in summary.items()
+        if not setting.startswith("diabetes")
+        and "sweep" in sm["best"]
+        and {"l2rw", "meta_weight_net"} & set(sm["best"])
+    }
+    present = {k for means in chosen.values() for k in means}
+    columns = [k for k in LEARNED_ROWS if k in present] + sorted(k for k in present if k.startswith("slf_"))
+    rows, slf_ahead, joint_best = [], [], []
+    for setting, all_means in chosen.items():
+        means = {"CE": all_means["fixed:cross_entropy"], "sweep": all_means["sweep"]}
+        means |= {k: all_means[k] for k in columns if k in all_means}
+        top = max(means.values())
+        cells = [f"**{means[k]:.2f}**" if means[k] == top else f"{means[k]:.2f}" if k in means else "-" for k in
+                 ["CE", "sweep", *columns]]  # fmt: skip
+        seconds = summary[setting]["seconds"]
+        costs = " / ".join(f"{seconds[k] / seconds['sweep']:.2f}" if k in means else "-" for k in columns)
+        rows.append([setting, *cells, costs])
+        if "clean" in setting:
+            continue
+        if {"slf", "l2rw", "meta_weight_net"} <= set(means):
+            slf_ahead.append(bool(means["slf"] >= max(means["l2rw"], means["meta_weight_net"])))
+        if "joint" in means:
+            joint_best.append(bool(means["joint"] >= top))
+    if not rows:
+        return ""
+    headers = ["setting (test acc. %)", "CE", "sweep", *columns, f"cost / sweep: {' / '.join(columns)}"]
+    goals = [
+        f"SLF >= l2rw and >= meta_weight_net on {sum(slf_ahead)} of {len(slf_ahead)} noisy settings "
+        f"(goal: most): {_met(2 * sum(slf_ahead) > len(slf_ahead))}",
+        f"joint >= every other row on {sum(joint_best)} of {len(joint_best)} noisy settings "
+        f"(goal: half): {_met(2 * sum(joint_best) >= len(joint_best))}",
+    ]
+    return harness.format_table(headers, rows) + "\n\n" + "\n".join(f"- {g}" for g in goals)
 
 
 def _goals(setting, best, seconds, sign, base, oracle, regression, beats_oracle) -> list[str]:

@@ -54,8 +54,9 @@ def test_translation_runs_end_to_end(tmp_path):
     assert set(summary["metrics"]) == {"exact_match", "token_accuracy"}
     with open(os.path.join(tmp_path, "results.json")) as f:
         runs = json.load(f)["runs"]
-    assert set(runs) == {"fixed:cross_entropy", "fixed:gce(q=0.7)", "slf", "slf[virtual_step=sgd]"}
-    assert set(summary["variants"]) == {"slf[virtual_step=sgd]"}
+    variants = {"slf[trust_region=False]", "slf[virtual_step=sgd]"}  # the full lookahead; the SGD step
+    assert set(runs) == {"fixed:cross_entropy", "fixed:gce(q=0.7)", "slf", *variants}
+    assert set(summary["variants"]) == variants
     assert all(0 <= r["0"]["test"]["token_accuracy"] <= 1 for r in runs.values())
     assert os.path.exists(os.path.join(tmp_path, "translation.md"))
     assert os.listdir(os.path.join(tmp_path, "tensorboard", "seed0"))
@@ -66,8 +67,9 @@ def test_localisation_runs_end_to_end(tmp_path):
     assert set(summary["metrics"]) == {"accuracy", "mean_iou"}
     with open(os.path.join(tmp_path, "results.json")) as f:
         runs = json.load(f)["runs"]
-    assert len(runs) == 6 and set(runs["slf"]["0"]["coefficients"]) == {"class", "box"}
-    assert set(runs["slf[virtual_step=sgd]"]["0"]["coefficients"]) == {"class", "box"}
+    assert len(runs) == 7 and set(runs["slf"]["0"]["coefficients"]) == {"class", "box"}
+    for variant in ("slf[trust_region=False]", "slf[virtual_step=sgd]"):
+        assert set(runs[variant]["0"]["coefficients"]) == {"class", "box"}
 
 
 def test_the_sweep_is_picked_on_validation_not_test():
