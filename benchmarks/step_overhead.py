@@ -5,10 +5,12 @@ Models: the MLP on digits (64 features) and the small CNN on MNIST-shaped inputs
 (synthetic 28x28 images, 10 classes), batch 128. Variants, interleaved per round:
   ce            a plain tf.function step: forward, cross-entropy, Adam
   bag_frozen    the trainer's step with the bag of 6 candidates, decision network frozen
-  exact_every1  + the exact hypergradient every step (the default optimizer-aware virtual step)
+  exact_every1  + the exact hypergradient every step (the defaults: the optimizer-aware virtual
+                step with the trust region)
   exact_sgd_every1  the same with the SGD virtual step w - eta g
+  exact_full_every1 the same without the trust region (the paper's full one-step lookahead)
   fd_every1     + the finite-difference hypergradient every step
-  jvp_every1    + the forward-mode (JVP) hypergradient every step (the default method)
+  jvp_every1    + the forward-mode (JVP) hypergradient every step (auto picks it for l2rw, MWN, joint)
   exact_every10, jvp_every10  the same every 10 steps (mean over the 10-step cycle)
   l2rw, meta_weight_net, joint  the example-weighting strategies (JVP, every step)
 and Keras' fit, each against a plain cross-entropy fit of the same model: keras_slf_model
@@ -61,11 +63,17 @@ def _synthetic_mnist(n: int = 4096) -> data_lib.Dataset:
 
 
 def _config(
-    model: str, method: str = "exact", decision_every: int = 1, virtual_step: str = "optimizer", strategy: str = "slf"
+    model: str,
+    method: str = "exact",
+    decision_every: int = 1,
+    virtual_step: str = "optimizer",
+    strategy: str = "slf",
+    trust_region: bool = True,
 ):
     c = digits_config.get_config()
     c.loss.strategy = strategy
     c.decision.virtual_step = virtual_step
+    c.decision.trust_region = trust_region
     c.model.name = model
     c.batch_size = BATCH
     c.num_train_steps = 10**6
@@ -151,6 +159,7 @@ def _measure(model_name: str, dataset, rounds: int, steps: int):
         _trainer_variant("bag_frozen", _config(model_name), dataset, None),
         _trainer_variant("exact_every1", _config(model_name, "exact", 1), dataset, 1),
         _trainer_variant("exact_sgd_every1", _config(model_name, "exact", 1, "sgd"), dataset, 1),
+        _trainer_variant("exact_full_every1", _config(model_name, "exact", 1, trust_region=False), dataset, 1),
         _trainer_variant("fd_every1", _config(model_name, "finite_difference", 1), dataset, 1),
         _trainer_variant("jvp_every1", _config(model_name, "jvp", 1), dataset, 1),
         _trainer_variant("exact_every10", _config(model_name, "exact", 10), dataset, 10),
