@@ -101,7 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.decision.every = 1  # update the decision network every n steps
     config.decision.lookahead_lr = 0.05  # eta of the sgd virtual step
     config.decision.virtual_step = "optimizer"  # optimizer (the main optimizer's step sizes) | sgd (w - eta g)
-    config.decision.trust_region = True  # scale the virtual step down after it overshoots (docs/design.md)
+    # Scale the virtual step down after it overshoots (docs/design.md). None: the strategy's default
+    # (on; off for meta_weight_net, its paper's full lookahead); True / False force it.
+    config.decision.trust_region = ml_collections.config_dict.placeholder(bool)
     # auto (exact; jvp for l2rw, meta_weight_net, joint) | exact (nested tapes) | jvp (forward mode) | finite_difference
     config.decision.method = "auto"
     config.decision.optimizer = "adam"

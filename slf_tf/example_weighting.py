@@ -89,6 +89,8 @@ class MetaWeightNetLoss(_ExampleWeightingLoss):
 
     strategy = "meta_weight_net"
     decision_learning_rate = 1e-3
+    # Its paper's full one-step lookahead: the trust region cost it 0.45 points on the mean (README).
+    trust_region_by_default = False
 
     def __init__(self, losses: Sequence[str], weight_net_units: int = 100, **kwargs: Any):
         super().__init__(losses, **kwargs)

@@ -50,6 +50,7 @@ class HeadLosses:
     needs_example_scores = False
     reweights_from_lookahead = False
     lookahead_from_current = False
+    trust_region_by_default = True  # the heads select losses (example weighting is refused here)
 
     def __init__(self, losses: Mapping[str, CombinedLoss] | Sequence[CombinedLoss], loss_weights: Any = None):
         if isinstance(losses, Mapping):

@@ -152,7 +152,7 @@ class SLFModel(keras.Model):
         # as the model's own weights, so that .keras files, save_weights, BackupAndRestore, ModelCheckpoint
         # and EarlyStopping(restore_best_weights=True) keep and restore them with the main network.
         self.loss_state = list(slf_loss.state_variables) + list(slf_loss.decision_variables)
-        if self.settings.trust_region:  # only then, so that files saved without it still load
+        if self.settings.uses_trust_region(slf_loss):  # only then, so that files saved without it still load
             self.loss_state.append(slf_loss.virtual_scale)
         pending, self._pending_loss_state = getattr(self, "_pending_loss_state", None), None
         if pending is not None:  # weights loaded before this compile (load_model(..., compile=False))

@@ -106,6 +106,8 @@ class CombinedLoss(keras.losses.Loss):
     lookahead_from_current = False
     #: The decision optimizer's learning rate where none is given.
     decision_learning_rate = 0.02
+    #: The trust region on the virtual step where ``decision.trust_region`` is None (docs/design.md).
+    trust_region_by_default = True
 
     def __init__(
         self,

@@ -52,8 +52,10 @@ class DecisionSettings:
       fd_epsilon: the finite-difference step, relative to the direction's norm.
       trust_region: scale the virtual step by ``s`` in [2^-20, 1], halved after a decision update
         whose step overshot (``J`` rising at ``w'``) and doubled after one that did not; ``dJ/dc``
-        is read per unit of step (divided by ``s``). On by default since 2026-12-03; ``False`` is
-        the paper's full one-step lookahead. docs/design.md, "The trust region".
+        is read per unit of step (divided by ``s``). ``False`` is the paper's full one-step
+        lookahead; ``None`` (the default) is the strategy's own choice,
+        ``loss.trust_region_by_default``: on for the loss-selecting strategies, off for
+        Meta-Weight-Net (measured, README). docs/design.md, "The trust region".
     """
 
     every: int = 1
@@ -62,7 +64,7 @@ class DecisionSettings:
     method: str = "auto"
     entropy_weight: float = 0.0
     fd_epsilon: float = 1e-3
-    trust_region: bool = True
+    trust_region: bool | None = None
 
     @classmethod
     def from_keywords(cls, owner: str, **settings: Any) -> DecisionSettings:
@@ -85,8 +87,14 @@ class DecisionSettings:
             raise ValueError(f"entropy_weight must be a number >= 0; got {self.entropy_weight!r}.")
         if not self.fd_epsilon > 0:
             raise ValueError(f"fd_epsilon must be > 0; got {self.fd_epsilon!r}.")
-        if not isinstance(self.trust_region, bool):
-            raise ValueError(f"trust_region must be True or False; got {self.trust_region!r}.")
+        if self.trust_region is not None and not isinstance(self.trust_region, bool):
+            raise ValueError(
+                f"trust_region must be True, False or None (the strategy's default); got {self.trust_region!r}."
+            )
+
+    def uses_trust_region(self, loss: Any) -> bool:
+        """``trust_region``, or where it is None the strategy's default (``loss.trust_region_by_default``)."""
+        return bool(loss.trust_region_by_default) if self.trust_region is None else self.trust_region
 
 
 class StepResult(NamedTuple):
@@ -237,12 +245,13 @@ class TrainStep:
         if loss.needs_lookahead and settings.virtual_step == "optimizer":
             hypergrad.check_preconditioned(main_optimizer)
         self.method = hypergrad.resolve_method(settings.method, loss.needs_example_scores)
+        self.trust_region = settings.uses_trust_region(loss)
         if loss.decision_variables and not decision_optimizer.built:
             decision_optimizer.build(loss.decision_variables)
 
     def _virtual_step(self, weights):
         """The virtual step (or a function of the global gradient giving it), times the trust region's scale."""
-        scale = tf.convert_to_tensor(self.loss.virtual_scale) if self.settings.trust_region else None
+        scale = tf.convert_to_tensor(self.loss.virtual_scale) if self.trust_region else None
         if self.settings.virtual_step == "sgd":
             step = hypergrad.sgd_step(self.settings.lookahead_lr, len(weights))
             return step if scale is None else step.scaled(scale)
@@ -320,7 +329,7 @@ class TrainStep:
         #      step w' = w - P g and dJ/dc (one forward/backward of the train batch serves all three).
         forward = make_forward(model, loss, x, y, _global_size(x, self.global_batch), choice.weights, sample_weight)
         look = self._look(forward, weights, c, x_val, y_val, hypergradient)
-        trust = learn and loss.needs_lookahead and self.settings.trust_region
+        trust = learn and loss.needs_lookahead and self.trust_region
         if trust:  # dJ/dc per unit of step; the scale halves after an overshoot, else doubles (<= 1)
             look, trust_update, out_scale = self._trust_region(look)
         # 4. The decision gradient dJ/dv.
@@ -363,7 +372,7 @@ class TrainStep:
             choice = loss.sample(rng.step_seed(loss.seed, step))
         forward = make_forward(self.model, loss, x, y, _global_size(x, self.global_batch), choice.weights)
         look = self._look(forward, weights, tf.stop_gradient(choice.coefficients), x_val, y_val, loss.needs_lookahead)
-        trust = loss.needs_lookahead and self.settings.trust_region
+        trust = loss.needs_lookahead and self.trust_region
         if trust:
             look, trust_update, scale = self._trust_region(look)
         grads = self._decision_gradient(decision_tape, values, choice, look)

@@ -137,7 +137,9 @@ def test_without_the_trust_region_the_scale_is_left_alone():
 
 
 def test_bad_setting_is_refused_and_variant_rows_read_values():
-    with pytest.raises(ValueError, match="trust_region must be True or False; got 'yes'"):
+    with pytest.raises(
+        ValueError, match=r"trust_region must be True, False or None \(the strategy.s default\); got .yes."
+    ):
         train_step.DecisionSettings(trust_region="yes")
     assert fair_fit.variant_settings("slf[trust_region=True,virtual_step=sgd,lookahead_lr=0.1]") == {
         "trust_region": True,
@@ -257,3 +259,45 @@ def test_an_unknown_decision_setting_is_named_with_the_known_ones(owner):
             slf_tf.SLFModel(keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)]), (x, y), trust_regoin=True)
         else:
             slf_tf.callbacks.DecisionUpdate((x, y), (x, y), trust_regoin=True)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "setting", "expected"),
+    [
+        ("slf", None, True),  # None: the strategy's default, on where the decision selects losses
+        ("joint", None, True),
+        ("softmax", None, True),
+        ("meta_weight_net", None, False),  # its paper's full lookahead
+        ("meta_weight_net", True, True),  # an explicit setting wins either way
+        ("slf", False, False),
+    ],
+)
+def test_the_default_follows_the_strategy_and_an_explicit_setting_wins(strategy, setting, expected, tmp_path):
+    import helpers
+
+    from slf_tf.training.trainer import Trainer
+
+    overrides = {"loss.strategy": strategy, "num_train_steps": 2}
+    if strategy == "meta_weight_net":
+        overrides["loss.fixed"] = "cross_entropy"
+    if setting is not None:
+        overrides["decision.trust_region"] = setting
+    config = helpers.config(**overrides)
+    assert (config.decision.trust_region is None) == (setting is None)  # the config's default is None
+    loss = slf_tf.create_loss(strategy, SPECS, **({"loss": "cross_entropy"} if strategy == "meta_weight_net" else {}))
+    assert train_step.DecisionSettings(trust_region=setting).uses_trust_region(loss) is expected
+    assert Trainer(config, str(tmp_path)).train_step.trust_region is expected
+
+
+def test_slf_model_keeps_the_scale_only_where_the_strategy_uses_it():
+    x, y = np.random.default_rng(0).normal(size=(16, 5)).astype("float32"), np.arange(16) % 3
+    sizes = {}
+    for name, loss in {
+        "slf": slf_tf.StochasticLoss(SPECS),
+        "meta_weight_net": slf_tf.create_loss("meta_weight_net", SPECS, loss="cross_entropy"),
+    }.items():
+        model = slf_tf.SLFModel(keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)]), (x, y))
+        model.compile(optimizer="adam", loss=loss)
+        assert model.settings.trust_region is None
+        sizes[name] = any(v is loss.virtual_scale for v in model.loss_state)
+    assert sizes == {"slf": True, "meta_weight_net": False}

@@ -270,7 +270,7 @@ class Trainer:
         if start == 0:
             trial = os.path.basename(os.path.abspath(self.workdir))
             writer.hparams(_flatten(c), trial_id=trial, task=self.data.task)
-            trust_region = self.train_step.settings.trust_region
+            trust_region = self.train_step.trust_region
             writer.layout(summaries.slf_layout(metrics_lib.HEADLINE[self.data.task], trust_region=trust_region))
         if finished:  # re-evaluate
             return self._finish(writer, start)
