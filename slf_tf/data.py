@@ -11,12 +11,15 @@ Sources, by ``name``:
     (``/usr/share/datasets/fashion-mnist``), or in ``data_dir``;
   * ``tfds:<name>`` (e.g. ``tfds:fashion_mnist``): a TensorFlow Datasets set
     already prepared in ``data_dir`` (checked first: offline, TFDS retries for
-    minutes before failing).
+    minutes before failing);
+  * ``digits_boxes`` (several outputs): each digit pasted at a random place and
+    scale on a ``canvas x canvas`` image, with two targets, its class
+    (``label``) and its box (``box``, corners as fractions of the canvas).
 
 Splits (train / decision-validation / test) are a pure function of the seed; the
 test split is never seen in training. Label noise (``symmetric`` or
-``pair``-flip) and regression outliers apply to the training split, and to the
-validation split unless ``clean_validation``.
+``pair``-flip), regression outliers and box noise (jitter, random boxes) apply to
+the training split, and to the validation split unless ``clean_validation``.
 """
 
 from __future__ import annotations
@@ -36,12 +39,17 @@ __all__ = [
     "NOISE_KINDS",
     "Dataset",
     "Raw",
+    "MULTI_OUTPUT",
     "check_class_labels",
     "corrupt",
+    "dataset_task",
     "load",
     "load_idx",
+    "load_digits_boxes",
     "load_mnist_dir",
+    "noisy_boxes",
     "noisy_labels",
+    "paste",
     "read",
     "split",
 ]
@@ -61,7 +69,9 @@ IDX_DATASETS = {
         "install them with `apt-get install dataset-fashion-mnist` (Debian), or point data_dir at the four IDX files",
     ),
 }
-DATASETS = (*EMBEDDED, *IDX_DATASETS, "tfds:<name>")
+#: Datasets with several outputs -> {output: its kind} (``classification``, ``box``: corners in [0, 1]).
+MULTI_OUTPUT = {"digits_boxes": {"label": "classification", "box": "box"}}
+DATASETS = (*EMBEDDED, *IDX_DATASETS, *MULTI_OUTPUT, "tfds:<name>")
 NOISE_KINDS = ("symmetric", "pair")
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -71,12 +81,20 @@ MNIST_FILES = {
 }
 
 
+def dataset_task(name: str) -> str:
+    """What a dataset trains: ``classification``, ``regression`` or ``multi_output`` (a dict of targets)."""
+    if name in MULTI_OUTPUT:
+        return "multi_output"
+    return EMBEDDED.get(name, "classification")
+
+
 @dataclasses.dataclass
 class Dataset:
-    """Arrays of one task, split three ways. ``x_*`` float32; ``y_*`` int32 labels or float32 targets."""
+    """Arrays of one task, split three ways. ``x_*`` float32; ``y_*`` int32 labels or float32 targets,
+    or for ``multi_output`` a dict ``{output: targets}`` whose kinds :attr:`outputs` names."""
 
     name: str
-    task: str  # "classification" | "regression"
+    task: str  # "classification" | "regression" | "multi_output"
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
@@ -87,6 +105,7 @@ class Dataset:
     image_shape: tuple[int, ...] | None = None  # (H, W, C) when the rows are images
     noise_mask_train: np.ndarray | None = None  # True where a label/target was corrupted
     noise_requested: float = 0.0  # the probability each training label/target was corrupted with
+    outputs: dict[str, str] | None = None  # multi_output: {output: "classification" | "box"}, in model order
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -100,6 +119,7 @@ class Dataset:
             f"{self.name} ({self.task}): train {len(self.x_train)}, val {len(self.x_val)}, "
             f"test {len(self.x_test)}, input {self.input_shape}"
             + (f", {self.num_classes} classes" if self.num_classes else "")
+            + (f", outputs {self.outputs}" if self.outputs else "")
             + noisy
         )
 
@@ -401,6 +421,111 @@ def corrupt(
     return d
 
 
+# --------------------------------------------------------------------------- #
+# Several outputs: digits on a canvas, with their boxes.
+# --------------------------------------------------------------------------- #
+
+
+def paste(images: np.ndarray, canvas: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[n, canvas, canvas, 1]`` with each 8x8 digit (values 0..16) at a random scale and place,
+    and their boxes ``[n, 4]`` (corners ``x_min, y_min, x_max, y_max`` as fractions of the canvas)."""
+    import tensorflow as tf  # the bilinear resize; imported here so that reading tabular data needs no TF
+
+    n = len(images)
+    sizes = rng.integers(canvas // 4, canvas * 5 // 8 + 1, size=n)
+    out = np.zeros((n, canvas, canvas, 1), np.float32)
+    boxes = np.zeros((n, 4), np.float32)
+    for i, (image, size) in enumerate(zip(images, sizes, strict=True)):
+        patch = tf.image.resize(image.reshape(8, 8, 1) / 16.0, (size, size), method="bilinear").numpy()
+        x0, y0 = rng.integers(0, canvas - size + 1, size=2)
+        out[i, y0 : y0 + size, x0 : x0 + size] = patch
+        boxes[i] = np.array([x0, y0, x0 + size, y0 + size]) / canvas
+    return out, boxes
+
+
+def noisy_boxes(boxes: np.ndarray, jitter: float, outliers: float, rng: np.random.Generator) -> np.ndarray:
+    """Boxes with Gaussian jitter (std ``jitter``) on every corner, and a share ``outliers`` replaced by random
+    boxes (the box analogue of label noise: an annotation unrelated to the image)."""
+    if not 0.0 <= outliers < 1.0:
+        raise ValueError(f"the share of random boxes must be in [0, 1); got {outliers!r}.")
+    noisy = boxes + rng.normal(0.0, jitter, boxes.shape)
+    wild = rng.random(len(boxes)) < outliers
+    corners = rng.random((int(wild.sum()), 2, 2))
+    noisy[wild] = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+    return noisy.astype(np.float32)
+
+
+def load_digits_boxes(
+    *,
+    seed: int = 0,
+    canvas: int = 32,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    max_train_examples: int = 0,
+    label_noise: float = 0.0,
+    noise_kind: str = "symmetric",
+    clean_validation: bool = True,
+    box_jitter: float = 0.0,
+    outlier_fraction: float = 0.0,
+    copies: int = 1,
+) -> Dataset:
+    """``digits_boxes``: scikit-learn's digits (bundled) pasted on a canvas; targets ``{"label", "box"}``.
+
+    The digits are split first, so no digit is in two splits; each training and test
+    digit is then pasted ``copies`` times (at other places and scales), each validation
+    digit once. Splits, placements and noise are pure functions of ``seed``. Training labels get
+    ``label_noise`` (``noise_kind``); training boxes get Gaussian ``box_jitter`` on
+    each corner and a share ``outlier_fraction`` replaced by random boxes; the
+    validation split too unless ``clean_validation``; the test split is clean.
+    """
+    from sklearn.datasets import load_digits
+
+    if not 8 <= canvas <= 256:
+        raise ValueError(f"data.canvas must be an integer in [8, 256] (the digits are 8x8); got {canvas!r}.")
+    digits, labels = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    train, val, test = _split_indices(len(digits), (val_fraction, test_fraction), rng)
+    if max_train_examples and max_train_examples < len(train):
+        train = train[:max_train_examples]
+    if len(train) == 0 or len(val) == 0 or len(test) == 0:
+        raise ValueError(f"digits_boxes leaves an empty split (train {len(train)}, val {len(val)}, test {len(test)}).")
+    if isinstance(copies, bool) or not isinstance(copies, int) or not 1 <= copies <= 100:
+        raise ValueError(f"data.copies must be an integer in [1, 100] (placements per digit); got {copies!r}.")
+    splits = []
+    for idx in (np.repeat(train, copies), val, np.repeat(test, copies)):
+        images, boxes = paste(digits[idx], canvas, rng)
+        splits.append((images.reshape(len(idx), -1), {"label": labels[idx].astype(np.int32), "box": boxes}))
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits
+    num_classes = check_class_labels("digits_boxes", y_train["label"], y_val["label"], y_test["label"])
+
+    def corrupt_targets(y: dict[str, np.ndarray]) -> np.ndarray | None:
+        mask = None
+        if label_noise > 0:
+            y["label"], mask = noisy_labels(y["label"], num_classes, label_noise, noise_kind, rng)
+        if box_jitter > 0 or outlier_fraction > 0:
+            y["box"] = noisy_boxes(y["box"], box_jitter, outlier_fraction, rng)
+        return mask
+
+    mask = corrupt_targets(y_train)
+    if not clean_validation:
+        corrupt_targets(y_val)
+    return Dataset(
+        "digits_boxes",
+        "multi_output",
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        x_test,
+        y_test,
+        num_classes,
+        image_shape=(canvas, canvas, 1),
+        noise_mask_train=mask,
+        noise_requested=label_noise,
+        outputs=dict(MULTI_OUTPUT["digits_boxes"]),
+    )
+
+
 def load(
     name: str,
     *,
@@ -416,8 +541,12 @@ def load(
     outlier_scale: float = 5.0,
     standardize: bool = True,
     max_load_gb: float = 4.0,
+    canvas: int = 32,
+    box_jitter: float = 0.0,
+    copies: int = 1,
 ) -> Dataset:
-    """:func:`read`, :func:`split` and :func:`corrupt`, all drawn from one generator seeded by ``seed``.
+    """:func:`read`, :func:`split` and :func:`corrupt`, all drawn from one generator seeded by ``seed``
+    (``digits_boxes``: :func:`load_digits_boxes`).
 
     Args:
       name: one of ``digits``, ``breast_cancer``, ``wine``, ``diabetes``, ``mnist``, ``fashion_mnist``,
@@ -435,10 +564,27 @@ def load(
       standardize: z-score features with training statistics (tabular sets);
         images are scaled to [0, 1].
       max_load_gb: refuse files that declare more data than this (IDX headers are read first).
+      canvas, box_jitter, copies: ``digits_boxes`` only: the canvas side, the Gaussian noise on training
+        boxes' corners (``outlier_fraction`` is then the share of training boxes replaced by random ones),
+        and the placements per training and test digit.
     """
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ValueError(
             f"val_fraction and test_fraction must be in (0, 1) and sum below 1; got {val_fraction}, {test_fraction}."
+        )
+    if name in MULTI_OUTPUT:
+        return load_digits_boxes(
+            seed=seed,
+            canvas=canvas,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            max_train_examples=max_train_examples,
+            label_noise=label_noise,
+            noise_kind=noise_kind,
+            clean_validation=clean_validation,
+            box_jitter=box_jitter,
+            outlier_fraction=outlier_fraction,
+            copies=copies,
         )
     rng = np.random.default_rng(seed)
     dataset = split(
@@ -477,4 +623,7 @@ def from_config(config: Any, seed: int) -> Dataset:
         outlier_scale=c.get("outlier_scale", 5.0),
         standardize=c.get("standardize", True),
         max_load_gb=c.get("max_load_gb", 4.0),
+        canvas=c.get("canvas", 32),
+        box_jitter=c.get("box_jitter", 0.0),
+        copies=c.get("copies", 1),
     )

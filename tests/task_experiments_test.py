@@ -7,6 +7,7 @@ import numpy as np
 
 from configs import localisation as localisation_config
 from configs import translation as translation_config
+from slf_tf import data
 from slf_tf.experiments import fair_fit, localisation, translation
 
 
@@ -38,13 +39,13 @@ def test_token_noise_rate_spares_eos_and_padding():
 def test_pasted_digits_sit_in_their_boxes_and_noise_moves_the_boxes():
     rng = np.random.default_rng(0)
     digits = rng.integers(0, 17, size=(20, 64)).astype(np.float32)
-    images, boxes = localisation.paste(digits, 32, rng)
+    images, boxes = data.paste(digits, 32, rng)
     for image, box in zip(images, boxes, strict=True):
         x0, y0, x1, y1 = np.round(box * 32).astype(int)
         outside = image.copy()
         outside[y0:y1, x0:x1] = 0
         assert np.all(outside == 0) and 8 <= x1 - x0 <= 20 and x1 - x0 == y1 - y0
-    noisy = localisation.noisy_boxes(boxes, 0.05, 0.2, rng)
+    noisy = data.noisy_boxes(boxes, 0.05, 0.2, rng)
     assert np.all(noisy[:, :2] <= noisy[:, 2:] + 0.3) and not np.allclose(noisy, boxes)
     np.testing.assert_allclose(localisation.box_iou(boxes, boxes), 1.0, atol=1e-5)  # eps in the union
 

@@ -20,34 +20,12 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from sklearn.datasets import load_digits
 
 import slf_tf
+from slf_tf import models
+from slf_tf.data import noisy_boxes, paste
 from slf_tf.experiments import common, fair_fit
-
-
-def paste(images: np.ndarray, canvas: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``[n, canvas, canvas, 1]`` with each 8x8 digit at a random scale and place, and their boxes."""
-    n = len(images)
-    sizes = rng.integers(canvas // 4, canvas * 5 // 8 + 1, size=n)
-    out = np.zeros((n, canvas, canvas, 1), np.float32)
-    boxes = np.zeros((n, 4), np.float32)
-    for i, (image, size) in enumerate(zip(images, sizes, strict=True)):
-        patch = tf.image.resize(image.reshape(8, 8, 1) / 16.0, (size, size), method="bilinear").numpy()
-        x0, y0 = rng.integers(0, canvas - size + 1, size=2)
-        out[i, y0 : y0 + size, x0 : x0 + size] = patch
-        boxes[i] = np.array([x0, y0, x0 + size, y0 + size]) / canvas
-    return out, boxes
-
-
-def noisy_boxes(boxes: np.ndarray, jitter: float, outliers: float, rng: np.random.Generator) -> np.ndarray:
-    """Boxes with Gaussian jitter on every corner, and a share ``outliers`` replaced by random boxes."""
-    noisy = boxes + rng.normal(0.0, jitter, boxes.shape)
-    wild = rng.random(len(boxes)) < outliers
-    corners = rng.random((int(wild.sum()), 2, 2))
-    noisy[wild] = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
-    return noisy.astype(np.float32)
 
 
 def make_data(config, seed: int) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
@@ -70,22 +48,8 @@ def make_data(config, seed: int) -> dict[str, tuple[np.ndarray, dict[str, np.nda
     return out
 
 
-@keras.saving.register_keras_serializable(package="slf_tf")
-class CornersFromCentreSize(keras.layers.Layer):
-    """Four raw outputs -> a valid box: sigmoid centre and size, as corners ``(x_min, y_min, x_max, y_max)``.
-
-    Raw corners can come out inverted (``x_max < x_min``), where the IoU losses have no gradient; a box
-    parametrised by its centre and size is always valid (as detectors predict offsets, not raw corners).
-    """
-
-    def call(self, raw):
-        unit = keras.ops.sigmoid(raw)
-        centre, half = unit[..., :2], 0.5 * unit[..., 2:]
-        return keras.ops.concatenate([centre - half, centre + half], axis=-1)
-
-
 def build_network(canvas: int, seed: int) -> keras.Model:
-    """A small CNN with two heads: ``class`` (10 logits) and ``box`` (4 corners, :class:`CornersFromCentreSize`)."""
+    """A small CNN with two heads: ``class`` (10 logits) and ``box`` (4 corners, ``models.CornersFromCentreSize``)."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((canvas, canvas, 1))
     h = keras.layers.Conv2D(16, 3, activation="relu", padding="same")(inputs)
@@ -93,7 +57,7 @@ def build_network(canvas: int, seed: int) -> keras.Model:
     h = keras.layers.Conv2D(32, 3, activation="relu", padding="same")(h)
     h = keras.layers.MaxPooling2D()(h)
     h = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(h))
-    box = CornersFromCentreSize(name="box")(keras.layers.Dense(4)(h))
+    box = models.CornersFromCentreSize(name="box")(keras.layers.Dense(4)(h))
     outputs = {"class": keras.layers.Dense(10, name="class")(h), "box": box}
     return keras.Model(inputs, outputs, name="localiser")
 
