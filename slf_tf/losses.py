@@ -245,7 +245,7 @@ def _box_geometry(t: Prepared) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     A predicted box with ``x_max < x_min`` (or ``y_max < y_min``) has zero width
     (height), so a network's raw outputs give a finite loss; but an inverted box's
     area has no gradient, so predict valid boxes (a centre and a size, as
-    ``slf_tf.experiments.localisation.CornersFromCentreSize`` does).
+    ``slf_tf.models.CornersFromCentreSize`` does).
     """
     if t.scores.shape[-1] != 4:
         raise ValueError(
