@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from slf_tf.metrics import HEADLINE
-
 __all__ = ["MetricWriter", "route", "selection_heatmap_png", "slf_layout", "slf_scalars"]
 
 
@@ -149,9 +147,10 @@ class MetricWriter:
             with self._writer(run).as_default(step=step):
                 tf.summary.text(name, markdown)
 
-    def hparams(self, flat: Mapping[str, Any], trial_id: str, task: str) -> None:
+    def hparams(self, flat: Mapping[str, Any], trial_id: str, headlines: Sequence[str]) -> None:
         """The run's config for TensorBoard's HParams: what tells runs apart first, integers as integers, and
-        named metrics (validation and test at the best checkpoint, test at the last step)."""
+        named metrics (validation and test at the best checkpoint, test at the last step) of each of
+        ``headlines`` (:func:`slf_tf.metrics.headlines`: ``accuracy``, or ``<output>/<metric>`` per output)."""
         if not self.enabled:
             return
         from tensorboard.plugins.hparams import api as hp
@@ -161,11 +160,14 @@ class MetricWriter:
         first = [k for k in HPARAMS_FIRST if k in flat]
         names = {k: f"!{i:02d} {k}" for i, k in enumerate(first)}
         params = {hp.HParam(names.get(k, k), display_name=k): _hparam_value(v) for k, v in flat.items()}
-        headline = HEADLINE[task]
         metrics = [
-            hp.Metric(f"hparams/best_validation_{headline}", display_name=f"best validation {headline}"),
-            hp.Metric(f"hparams/test_{headline}_at_best", display_name=f"test {headline} at the best checkpoint"),
-            hp.Metric(f"hparams/test_{headline}", display_name=f"test {headline} at the last step"),
+            metric
+            for headline in headlines
+            for metric in (
+                hp.Metric(f"hparams/best_validation_{headline}", display_name=f"best validation {headline}"),
+                hp.Metric(f"hparams/test_{headline}_at_best", display_name=f"test {headline} at the best checkpoint"),
+                hp.Metric(f"hparams/test_{headline}", display_name=f"test {headline} at the last step"),
+            )
         ]
         with self._writers["."].as_default(step=0):
             hp.hparams_config(hparams=list(params), metrics=metrics)
@@ -261,10 +263,11 @@ PER_CANDIDATE = (
 _PER_CANDIDATE_TAGS = {f"slf/{quantity}" for quantity, _ in PER_CANDIDATE}
 
 
-def slf_layout(headline: str = "accuracy", keras_metrics: bool = False, trust_region: bool = False):
+def slf_layout(headlines: str | Sequence[str] = "accuracy", keras_metrics: bool = False, trust_region: bool = False):
     """Custom-scalars layout: one chart per quantity, one line (a run) per candidate loss; train, validation
-    and test overlaid per metric (``keras_metrics``: the ``epoch_*`` tags of ``keras.callbacks.TensorBoard``;
-    ``trust_region``: a chart of the virtual step's scale)."""
+    and test overlaid per metric, for each of ``headlines`` (one per output of a multi-output model;
+    ``keras_metrics``: the ``epoch_*`` tags of ``keras.callbacks.TensorBoard``; ``trust_region``: a chart of
+    the virtual step's scale)."""
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     def chart(title, regex):
@@ -275,11 +278,13 @@ def slf_layout(headline: str = "accuracy", keras_metrics: bool = False, trust_re
         for quantity, title in PER_CANDIDATE
         if not (keras_metrics and quantity == "score")  # fit's logs carry no per-candidate scores
     ]
+    headlines = [headlines] if isinstance(headlines, str) else list(headlines)
     quality = [
-        chart(f"{headline}: train (on its own labels, noisy if corrupted), validation, test", rf"^metrics/{headline}$"),
-        chart("loss: train (the combined loss), validation, test", r"^metrics/loss$"),
-        chart(f"at the best checkpoint: validation and test {headline}", rf"^metrics_at_best/{headline}$"),
+        chart(f"{h}: train (on its own labels, noisy if corrupted), validation, test", rf"^metrics/{h}$")
+        for h in headlines
     ]
+    quality.append(chart("loss: train (the combined loss), validation, test", r"^metrics/loss$"))
+    quality += [chart(f"at the best checkpoint: validation and test {h}", rf"^metrics_at_best/{h}$") for h in headlines]
     if keras_metrics:
         quality = [
             chart("accuracy: train (on its own labels), validation", r"^epoch_(sparse_categorical_)?accuracy$"),

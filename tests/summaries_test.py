@@ -74,7 +74,7 @@ def test_hparams_lead_with_what_tells_runs_apart_integers_as_integers_and_named_
     writer = summaries.MetricWriter(str(tmp_path), candidates=RUNS)
     flat = {"batch_size": 64, "loss.strategy": "slf", "loss.candidates": ("mae", "gce(q=0.7)"), "loss.k": 3,
             "data.label_noise": 0.4, "deterministic": False}  # fmt: skip
-    writer.hparams(flat, trial_id="my_run", task="classification")
+    writer.hparams(flat, trial_id="my_run", headlines=["accuracy"])
     writer.close()
     acc = event_accumulator.EventAccumulator(os.path.join(str(tmp_path), "tensorboard"))
     acc.Reload()
