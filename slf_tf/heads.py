@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from slf_tf.stochastic_loss import CombinedLoss
 
-__all__ = ["HeadLosses", "HeadSelection"]
+__all__ = ["HeadLosses", "HeadSelection", "as_step_loss", "weights_examples"]
 
 
 class HeadSelection(NamedTuple):
@@ -66,7 +66,7 @@ class HeadLosses:
             )
         if len({id(h) for h in heads}) != len(heads):
             raise ValueError("Each output needs a loss object of its own (its own decision network and state).")
-        weighting = [k for k, h in zip(self.keys, heads, strict=True) if _weights_examples(h)]
+        weighting = [k for k, h in zip(self.keys, heads, strict=True) if weights_examples(h)]
         if weighting:
             raise ValueError(
                 f"Outputs {weighting} use an example-weighting strategy (l2rw, meta_weight_net, joint), which weights "
@@ -78,6 +78,9 @@ class HeadLosses:
         self.seed, self.step = heads[0].seed, heads[0].step  # the heads step together
         self.virtual_scale = heads[0].virtual_scale  # one lookahead for all heads: one trust region
         self.decision_learning_rate = heads[0].decision_learning_rate
+        scheduled = [h for h in heads if hasattr(h, "temperature")]
+        if scheduled:  # the sampler's temperature (the first output's that has one: a config gives all one schedule)
+            self.temperature = scheduled[0].temperature
 
     # ----------------------------------------------------------- structure --
 
@@ -127,7 +130,50 @@ class HeadLosses:
 
     @property
     def skipped_steps(self) -> tf.Tensor:
-        return tf.add_n([h.skipped_steps for h in self.heads])
+        """The most steps any one output had no finite candidate (counting each step once, not per output)."""
+        return tf.reduce_max(tf.stack([h.skipped_steps for h in self.heads]))
+
+    @property
+    def strategy(self) -> str:
+        """The outputs' strategy (``slf``), or each output's (``label: slf, box: fixed``) where they differ."""
+        strategies = [h.strategy for h in self.heads]
+        if len(set(strategies)) == 1:
+            return strategies[0]
+        return ", ".join(f"{k}: {s}" for k, s in zip(self.keys, strategies, strict=True))
+
+    @property
+    def tags(self) -> list[str]:
+        """Log-safe candidate names: ``<output>.<candidate tag>`` (``box.giou``)."""
+        return [f"{k}.{tag}" for k, h in zip(self.keys, self.heads, strict=True) for tag in h.tags]
+
+    # Views of the heads' state in one combined loss's layout, over all outputs' candidates (the trainer's
+    # progress, TensorBoard and final report read them as they read a single CombinedLoss's).
+
+    def _joined(self, view: str) -> tf.Tensor:
+        return tf.concat([tf.convert_to_tensor(getattr(h, view)) for h in self.heads], axis=0)
+
+    times_selected = property(lambda self: self._joined("times_selected"), doc="Steps each candidate was selected.")
+    probability_sums = property(lambda self: self._joined("probability_sums"), doc="Sum over steps of P(selected).")
+    weight_sums = property(lambda self: self._joined("weight_sums"), doc="Sum over steps of the weights b.")
+    masked_counts = property(lambda self: self._joined("masked_counts"), doc="Steps each candidate was masked.")
+    last_losses = property(lambda self: self._joined("last_losses"), doc="Candidate losses L_i, last step.")
+    last_coefficients = property(lambda self: self._joined("last_coefficients"), doc="c used in the last step.")
+    last_weights = property(lambda self: self._joined("last_weights"), doc="The weights b of the last step.")
+
+    @property
+    def totals(self) -> tf.Tensor:
+        """``[times selected, sum P, sum b, masked]`` over all candidates, then the skipped steps."""
+        parts = [self.times_selected, self.probability_sums, self.weight_sums, self.masked_counts]
+        return tf.concat([*parts, [self.skipped_steps]], axis=0)
+
+    def selection_probabilities(self) -> tf.Tensor:
+        return tf.concat([h.selection_probabilities() for h in self.heads], axis=0)
+
+    def expected_coefficients(self) -> tf.Tensor:
+        return tf.concat([h.expected_coefficients() for h in self.heads], axis=0)
+
+    def current_weights(self) -> tf.Tensor:
+        return tf.concat([h.current_weights() for h in self.heads], axis=0)
 
     # ------------------------------------------------------------ the step --
 
@@ -209,9 +255,11 @@ class HeadLosses:
         return out
 
 
-def _weights_examples(loss: CombinedLoss) -> bool:
-    overrides = type(loss).forward_example_weights is not CombinedLoss.forward_example_weights
-    return loss.reweights_from_lookahead or loss.needs_example_scores or overrides
+def weights_examples(loss: CombinedLoss | type) -> bool:
+    """Whether a combined loss (or its class) weights examples (``l2rw``, ``meta_weight_net``, ``joint``)."""
+    klass = loss if isinstance(loss, type) else type(loss)
+    overrides = klass.forward_example_weights is not CombinedLoss.forward_example_weights
+    return bool(loss.reweights_from_lookahead or loss.needs_example_scores or overrides)
 
 
 def as_step_loss(loss: Any, loss_weights: Any = None) -> CombinedLoss | HeadLosses:
