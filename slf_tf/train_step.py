@@ -15,6 +15,7 @@ The math and the reasons are in docs/design.md ("The step").
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import keras
@@ -218,7 +219,8 @@ class TrainStep:
       loss: the combined loss (any strategy), or :class:`slf_tf.heads.HeadLosses` (a loss per output).
       main_optimizer, decision_optimizer: Keras optimizers.
       settings: :class:`DecisionSettings`.
-      task: ``classification`` | ``regression`` | ``binary``, for the metrics (None: the loss only; ``SLFModel``
+      task: ``classification`` | ``regression`` | ``binary``, for the metrics, or ``{output: kind}`` for a
+        model with several outputs (:func:`slf_tf.metrics.output_sums`); None: the loss only (``SLFModel``
         has Keras compute the compiled metrics).
       global_batch, global_val_batch: global batch sizes if fixed (else each step
         counts its examples over replicas).
@@ -232,7 +234,7 @@ class TrainStep:
         decision_optimizer: keras.optimizers.Optimizer,
         settings: DecisionSettings = DecisionSettings(),
         *,
-        task: str | None = "classification",
+        task: str | Mapping[str, str] | None = "classification",
         global_batch: int | None = None,
         global_val_batch: int | None = None,
     ):
@@ -390,7 +392,11 @@ class TrainStep:
 
     def _metrics(self, look: hypergrad.Lookahead, y: Any) -> dict[str, tf.Tensor]:
         """The objective and the task metrics of the train batch, summed over replicas in one all-reduce."""
-        sums = metrics.task_sums(self.task, y, look.forward.predictions) if self.task else {}
+        pred = look.forward.predictions
+        if isinstance(self.task, Mapping):  # several outputs: {output: kind}
+            sums = metrics.output_sums(self.task, y, pred)
+        else:
+            sums = metrics.task_sums(self.task, y, pred) if self.task else {}
         n = _global_size(y, self.global_batch)
         names = ["loss", *sums]
         values = [look.forward.objective] + [tf.cast(v, tf.float32) / n for v in sums.values()]

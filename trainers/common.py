@@ -57,7 +57,7 @@ def train(task: str, config, workdir: str) -> None:
     from slf_tf import data
     from slf_tf.training import progress, trainer
 
-    dataset_task = data.EMBEDDED.get(config.data.name, "classification")
+    dataset_task = data.dataset_task(config.data.name)
     if dataset_task != task:
         raise app.UsageError(f"This trainer trains {task}; dataset {config.data.name!r} is {dataset_task}.")
     progress.setup_console_logging()

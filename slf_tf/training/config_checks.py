@@ -12,6 +12,7 @@ from typing import Any
 
 from slf_tf import data as data_lib
 from slf_tf import decision as decision_lib
+from slf_tf import heads as heads_lib
 from slf_tf import hypergrad, losses, models, selection
 from slf_tf.example_weighting import EXAMPLE_LOSSES
 from slf_tf.stochastic_loss import STRATEGIES
@@ -69,6 +70,13 @@ NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "decision.restart_at_commitment": (False, 0, 1, True, True),
 }
 
+#: Numbers only some configs have (``digits_boxes``): checked where present, by the same rules.
+OPTIONAL_NUMBERS = {
+    "data.canvas": (True, 8, 256, True, True),
+    "data.box_jitter": (False, 0, INF, True, False),
+    "data.copies": (True, 1, 100, True, True),
+}
+
 
 def _get(config, path: str) -> Any:
     node = config
@@ -107,7 +115,7 @@ def _rule(integer: bool, low: float, high: float, low_in: bool, high_in: bool) -
 
 def check_number(config, path: str) -> None:
     """Raises ``ValueError`` naming ``config.<path>`` unless its value obeys :data:`NUMBERS`."""
-    integer, low, high, low_in, high_in = NUMBERS[path]
+    integer, low, high, low_in, high_in = NUMBERS.get(path) or OPTIONAL_NUMBERS[path]
     value = _get(config, path)
     numeric = isinstance(value, int) if integer else isinstance(value, (int, float))
     ok = numeric and not isinstance(value, bool) and math.isfinite(value)
@@ -126,7 +134,8 @@ def _check_names(config, task: str) -> None:
     if config.distribution not in factories.DISTRIBUTION_STRATEGIES:
         factories.create_distribution_strategy(config.distribution)  # raises with the allowed names
     name = config.data.name
-    if name not in data_lib.EMBEDDED and name not in data_lib.IDX_DATASETS and not name.startswith("tfds:"):
+    known = (*data_lib.EMBEDDED, *data_lib.IDX_DATASETS, *data_lib.MULTI_OUTPUT)
+    if name not in known and not name.startswith("tfds:"):
         raise ValueError(f"Unknown dataset {name!r}; known: {list(data_lib.DATASETS)}.")
     if config.data.noise_kind not in data_lib.NOISE_KINDS:
         raise ValueError(f"Unknown data.noise_kind {config.data.noise_kind!r}; known: {list(data_lib.NOISE_KINDS)}.")
@@ -140,7 +149,6 @@ def _check_names(config, task: str) -> None:
     if config.loss.get("example_loss", "fixed") not in EXAMPLE_LOSSES:
         raise ValueError(f"Unknown loss.example_loss {config.loss.example_loss!r}; known: {list(EXAMPLE_LOSSES)}.")
     hypergrad.check_method(config.decision.method, STRATEGIES[config.loss.strategy].needs_example_scores)
-    losses.LossBag(list(config.loss.candidates), task=task)  # names, parameters, duplicates
     selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
     if config.decision.restart_from not in restart.RESTART_FROM:
         raise ValueError(
@@ -159,9 +167,51 @@ def _check_names(config, task: str) -> None:
             f"jit_compile=True runs with distribution='default' only (got {config.distribution!r}): XLA does not "
             "compile the step's cross-replica sums on CPU. Use one or the other."
         )
-    if config.best_metric not in factories.BEST_METRICS:
+    outputs = data_lib.MULTI_OUTPUT.get(name)
+    if not outputs and config.best_metric not in factories.BEST_METRICS:
         raise ValueError(f"Unknown best_metric {config.best_metric!r}; known: {list(factories.BEST_METRICS)}.")
-    factories.best_metric(config, task)
+    factories.best_metric(config, task, outputs)  # with several outputs: names the allowed ones
+
+
+def _check_outputs(config, task: str) -> None:
+    """The losses: ``config.loss.candidates`` for one output; for several, ``config.heads``, one per output."""
+    heads, name = config.get("heads") or {}, config.data.name
+    if task != "multi_output":
+        if heads:
+            raise ValueError(
+                f"config.heads ({sorted(heads)}) is for datasets with several outputs ({list(data_lib.MULTI_OUTPUT)}); "
+                f"{name!r} has one: remove config.heads and set config.loss.candidates."
+            )
+        losses.LossBag(list(config.loss.candidates), task=task)  # names, parameters, duplicates
+        return
+    outputs = data_lib.MULTI_OUTPUT[name]
+    if sorted(heads) != sorted(outputs):
+        raise ValueError(
+            f"Dataset {name!r} has outputs {list(outputs)}: config.heads needs exactly one entry each (a bag, "
+            f"its fixed loss, its weight); got {sorted(heads)}."
+        )
+    for output, kind in outputs.items():
+        h, where = heads[output], f"config.heads.{output}"
+        strategy = h.get("strategy", "") or config.loss.strategy
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown {where}.strategy {strategy!r}; known: {sorted(STRATEGIES)}.")
+        if heads_lib.weights_examples(STRATEGIES[strategy]):
+            allowed = sorted(s for s, cls in STRATEGIES.items() if not heads_lib.weights_examples(cls))
+            raise ValueError(
+                f"{where}: strategy {strategy!r} weights examples from one loss, which several outputs cannot share; "
+                f"use one of {allowed}."
+            )
+        candidates, loss_task = list(h.candidates), factories.LOSS_TASKS[kind]
+        if len(candidates) > MAX_CANDIDATES:
+            raise ValueError(f"{where}.candidates lists {len(candidates)} losses; at most {MAX_CANDIDATES}.")
+        losses.LossBag(candidates, task=loss_task)  # names, parameters, duplicates (the error names the bad one)
+        if h.fixed not in candidates:
+            raise ValueError(f"{where}.fixed={h.fixed!r} is not in {where}.candidates {candidates}.")
+        if h.get("validation_loss", ""):
+            losses.get(h.validation_loss, task=loss_task)
+        weight = h.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (0 < weight < INF):
+            raise ValueError(f"{where}.weight must be a finite number > 0; got {weight!r}.")
 
 
 #: Sizes past these fail only after minutes (out of memory, or a step that never finishes tracing).
@@ -202,7 +252,8 @@ def _check_combinations(config) -> None:
             f"config.loss.threshold={config.loss.threshold!r} exceeds k={k}: K draws give soft counts <= K, so the "
             "gate would only ever keep the top candidate. Use a threshold in (0, k]."
         )
-    if config.data.test_fraction == 0 and config.data.name in data_lib.EMBEDDED:
+    if config.data.test_fraction == 0 and (config.data.name in data_lib.EMBEDDED or config.data.name in
+                                           data_lib.MULTI_OUTPUT):  # fmt: skip
         raise ValueError(f"config.data.test_fraction=0 leaves {config.data.name!r} no test split; use a value > 0.")
     if config.data.val_fraction + config.data.test_fraction >= 1:
         raise ValueError(
@@ -216,8 +267,12 @@ def validate_config(config) -> None:
     _check_renamed(config)
     for path in NUMBERS:
         check_number(config, path)
-    task = data_lib.EMBEDDED.get(config.data.name, "classification")
+    for path in OPTIONAL_NUMBERS:
+        if _has(config, path):
+            check_number(config, path)
+    task = data_lib.dataset_task(config.data.name)
     _check_names(config, task)
+    _check_outputs(config, task)
     _check_sizes(config)
     _check_combinations(config)
     factories.temperature_schedule(config)

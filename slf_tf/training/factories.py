@@ -5,18 +5,22 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import keras
 import tensorflow as tf
 
 from slf_tf import schedules
+from slf_tf.heads import HeadLosses
 from slf_tf.stochastic_loss import CombinedLoss, create_loss
 from slf_tf.train_step import DecisionSettings
 
 __all__ = [
     "DISTRIBUTION_STRATEGIES",
+    "LOSS_TASKS",
     "OPTIMIZERS",
+    "OUTPUT_METRICS",
     "create_distribution_strategy",
     "best_metric",
     "create_loss_from_config",
@@ -134,12 +138,32 @@ def temperature_schedule(config) -> schedules.TemperatureSchedule:
     raise ValueError(f"Unknown temperature kind {t.kind!r}; known: ['constant', 'exponential', 'cosine'].")
 
 
-def create_loss_from_config(config, task: str) -> CombinedLoss:
-    """The combined loss of ``config.loss`` (and ``config.decision``'s network) for ``task``."""
+#: The loss task of an output's kind (a box is regressed).
+LOSS_TASKS = {"classification": "classification", "regression": "regression", "box": "regression"}
+
+
+def create_loss_from_config(config, task: str, outputs: Mapping[str, str] | None = None) -> CombinedLoss | HeadLosses:
+    """The combined loss of ``config.loss`` (and ``config.decision``'s network) for ``task``; with several
+    ``outputs`` (``{output: kind}``), :class:`slf_tf.HeadLosses` of one loss per output (``config.heads``)."""
+    if not outputs:
+        return _create_loss(config, config.loss.strategy, config.loss.candidates, config.loss.fixed, task, config.seed)
+    heads, weights = {}, {}
+    for i, (output, kind) in enumerate(outputs.items()):
+        h = config.heads[output]
+        strategy = h.get("strategy", "") or config.loss.strategy
+        # Each output draws from its own seed, so two outputs with the same bag do not draw alike.
+        heads[output] = _create_loss(
+            config, strategy, h.candidates, h.fixed, LOSS_TASKS[kind], config.seed + i, h.get("validation_loss", "")
+        )
+        weights[output] = h.get("weight", 1.0)
+    return HeadLosses(heads, weights)
+
+
+def _create_loss(config, strategy, candidates, fixed, task, seed, validation_loss="") -> CombinedLoss:
     c, d = config.loss, config.decision
     return create_loss(
-        c.strategy,
-        list(c.candidates),
+        strategy,
+        list(candidates),
         task=task,
         k=c.k,
         temperature=temperature_schedule(config),
@@ -149,8 +173,9 @@ def create_loss_from_config(config, task: str) -> CombinedLoss:
         decision_network=d.network,
         hidden_units=d.hidden_units,
         normalize=c.normalize,
-        seed=config.seed,
-        loss=c.fixed or None,
+        seed=seed,
+        loss=fixed or None,
+        validation_loss=validation_loss or None,
         example_loss=c.get("example_loss", "fixed"),
         beta=c.softadapt_beta,
         total_steps=config.num_train_steps,
@@ -172,14 +197,24 @@ def decision_settings(config) -> DecisionSettings:
 
 
 BEST_METRICS = ("auto", "val_accuracy", "val_loss", "val_mae", "")
+#: The validation metrics of an output's kind (``val_<output>/<metric>``).
+OUTPUT_METRICS = {"classification": ("accuracy",), "regression": ("mae", "mse"), "box": ("iou", "mae")}
 
 
-def best_metric(config, task: str) -> str:
-    """The validation metric that picks the best checkpoint (``""``: none); ``auto`` = accuracy or MAE by task."""
+def best_metric(config, task: str, outputs: Mapping[str, str] | None = None) -> str:
+    """The validation metric that picks the best checkpoint (``""``: none); ``auto`` = accuracy or MAE by
+    task, and with several outputs ``val_score``, the mean of their headline metrics
+    (:func:`slf_tf.metrics.headline_score`)."""
     name = config.best_metric
-    if name == "auto":
-        return "val_mae" if task == "regression" else "val_accuracy"
-    available = ("val_loss", "val_mae") if task == "regression" else ("val_loss", "val_accuracy")
+    if outputs:
+        metrics = (f"val_{o}/{m}" for o, kind in outputs.items() for m in OUTPUT_METRICS[kind])
+        available = ("val_score", "val_loss", *metrics)
+        if name == "auto":
+            return "val_score"
+    else:
+        if name == "auto":
+            return "val_mae" if task == "regression" else "val_accuracy"
+        available = ("val_loss", "val_mae") if task == "regression" else ("val_loss", "val_accuracy")
     if name and name not in available:
         raise ValueError(f"config.best_metric={name!r} is not available for {task}; use one of {list(available)}.")
     return name

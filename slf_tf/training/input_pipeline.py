@@ -28,9 +28,9 @@ def _batch_indices(n: int, batch: int, seed: int, stream: int, step: tf.Tensor) 
 
 def step_batches(
     x: np.ndarray,
-    y: np.ndarray,
+    y: np.ndarray | dict[str, np.ndarray],
     x_val: np.ndarray,
-    y_val: np.ndarray,
+    y_val: np.ndarray | dict[str, np.ndarray],
     *,
     batch_size: int,
     val_batch_size: int,
@@ -51,7 +51,7 @@ def step_batches(
             raise ValueError(f"{name}={b} must be divisible by the number of replicas ({num_replicas}).")
     if len(x) == 0 or len(x_val) == 0:
         raise ValueError(f"Empty split: {len(x)} training and {len(x_val)} validation examples.")
-    tx, ty, tvx, tvy = (tf.constant(a) for a in (x, y, x_val, y_val))
+    tx, ty, tvx, tvy = (tf.nest.map_structure(tf.constant, a) for a in (x, y, x_val, y_val))  # y: a dict per output
     per, per_val = batch_size // num_replicas, val_batch_size // num_replicas
     ids = tf.constant(replica_ids, tf.int64)
 
@@ -62,13 +62,8 @@ def step_batches(
         def per_replica(r):
             i = tf.cast(r, tf.int32)
             mine, vmine = idx[i * per : (i + 1) * per], vidx[i * per_val : (i + 1) * per_val]
-            return (
-                step,
-                tf.gather(tx, mine),
-                tf.gather(ty, mine),
-                tf.gather(tvx, vmine),
-                tf.gather(tvy, vmine),
-            )
+            take = lambda arrays, idx: tf.nest.map_structure(lambda a: tf.gather(a, idx), arrays)  # noqa: E731
+            return step, take(tx, mine), take(ty, mine), take(tvx, vmine), take(tvy, vmine)
 
         return tf.data.Dataset.from_tensor_slices(ids).map(per_replica)
 

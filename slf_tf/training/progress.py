@@ -35,14 +35,20 @@ class Progress:
         self.last_selected = trainer.loss.times_selected.numpy()
         self.steps: list[int] = []  # the selection history of the heatmap
         self.probabilities: list[np.ndarray] = []
-        noisy = getattr(trainer.data, "noise_mask_train", None) is not None and trainer.data.task == "classification"
-        self.headline_label = metrics_lib.HEADLINE[trainer.data.task] + (" (noisy labels)" if noisy else "")
+        d = trainer.data
+        noisy_labels = getattr(d, "noise_mask_train", None) is not None and d.task in ("classification", "multi_output")
+        # (the metric, how the progress line names it): train accuracy is on the training split's own labels
+        self.headlines = [
+            (h, f"{h} (noisy labels)" if noisy_labels and h.endswith("accuracy") else h)
+            for h in metrics_lib.headlines(d.task, d.outputs)
+        ]
 
     def __call__(self, step: int, metrics: dict[str, tf.Tensor]) -> None:
         tr, loss = self.trainer, self.trainer.loss
         now = time.time()
         rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
-        scalars = {f"train/{k}": v for k, v in metrics.items() if k in ("loss", "accuracy", "mae", "main_skipped")}
+        shown = ("loss", "accuracy", "mae", "main_skipped")  # and every output's own (``box/iou``)
+        scalars = {f"train/{k}": v for k, v in metrics.items() if k in shown or "/" in k}
         scalars["train/steps_per_second"] = rate
         selected = loss.times_selected.numpy()
         frequency = (selected - self.last_selected) / max(1, step - self.last_step)
@@ -58,15 +64,13 @@ class Progress:
         else:
             steady_rate = (step - self.steady[0]) / max(now - self.steady[1], 1e-9)
             eta = format_eta(remaining / max(steady_rate, 1e-9))
-        headline = metrics_lib.HEADLINE[tr.data.task]
         skipped = int(loss.skipped_steps.numpy())
         logging.info(
-            "step %d/%d  loss %.4f  %s %.4f  %.1f steps/s  ETA %s%s",
+            "step %d/%d  loss %.4f  %s  %.1f steps/s  ETA %s%s",
             step,
             tr.config.num_train_steps,
             float(metrics["loss"]),
-            self.headline_label,
-            float(metrics[headline]),
+            "  ".join(f"{label} {float(metrics[h]):.4f}" for h, label in self.headlines),
             rate,
             eta,
             f"  ({skipped} steps skipped so far: no finite loss)" if skipped else "",
@@ -76,7 +80,10 @@ class Progress:
 def _test_line(label: str, step: int, test: dict[str, float]) -> str:
     if "accuracy" in test:
         return f"{label:<26} step {step:>6}: test accuracy {test['accuracy']:.4f}  (test loss {test['loss']:.4f})"
-    return f"{label:<26} step {step:>6}: test MAE {test['mae']:.4f}  MSE {test['mse']:.4f}  (standardised)"
+    if "mae" in test:
+        return f"{label:<26} step {step:>6}: test MAE {test['mae']:.4f}  MSE {test['mse']:.4f}  (standardised)"
+    per_output = "  ".join(f"{k} {v:.4f}" for k, v in test.items() if "/" in k or k == "score")  # several outputs
+    return f"{label:<26} step {step:>6}: test {per_output}  (test loss {test['loss']:.4f})"
 
 
 def format_report(results: dict[str, Any], workdir: str) -> str:

@@ -32,7 +32,6 @@ from absl import logging
 from slf_tf import data as data_lib
 from slf_tf import metrics as metrics_lib
 from slf_tf import models, summaries
-from slf_tf.stochastic_loss import CombinedLoss
 from slf_tf.train_step import TrainStep
 from slf_tf.training import checkpointing, config_checks, factories, input_pipeline, preemption
 from slf_tf.training import export as export_lib
@@ -103,7 +102,7 @@ class Trainer:
         self.is_chief = preemption.is_chief(self.strategy)
         # Loaded before the workdir is touched, so a missing dataset fails fast and writes nothing.
         self.data = dataset if dataset is not None else data_lib.from_config(config.data, seed=config.seed)
-        self.best_metric = factories.best_metric(config, self.data.task)
+        self.best_metric = factories.best_metric(config, self.data.task, self.data.outputs)
         _warn_degenerate_sizes(self.data, config)
         self._claim_workdir(new_run)
         self.replicas = self.strategy.num_replicas_in_sync
@@ -135,7 +134,7 @@ class Trainer:
         keras.utils.set_random_seed(c.seed)  # weight initialisation; sampling uses stateless seeds
         with self.strategy.scope():
             self.model = self._create_model()
-            self.loss: CombinedLoss = factories.create_loss_from_config(c, d.task)
+            self.loss = factories.create_loss_from_config(c, d.task, d.outputs)  # HeadLosses for several outputs
             o, v = c.optimizer, c.decision
             self.main_optimizer = factories.create_optimizer(
                 o.name, o.learning_rate, o.momentum, o.weight_decay, o.clipnorm
@@ -148,7 +147,7 @@ class Trainer:
                 self.main_optimizer,
                 self.decision_optimizer,
                 factories.decision_settings(c),
-                task=d.task,
+                task=d.outputs or d.task,
                 global_batch=c.batch_size,
                 global_val_batch=v.val_batch_size,
             )
@@ -171,10 +170,8 @@ class Trainer:
             objects, ckpt_dir, c.max_checkpoints, optional=("virtual_scale",)
         )
         self._steps = {flag: tf.function(self._distributed_step(flag)) for flag in (True, False)}
-        signature = (
-            tf.TensorSpec([None, *d.x_train.shape[1:]], tf.as_dtype(d.x_train.dtype)),
-            tf.TensorSpec([None, *d.y_train.shape[1:]], tf.as_dtype(d.y_train.dtype)),
-        )
+        spec = lambda a: tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))  # noqa: E731
+        signature = (spec(d.x_train), tf.nest.map_structure(spec, d.y_train))  # y: a dict with several outputs
         self._eval_batch = tf.function(self._eval_batch_fn, input_signature=signature)  # one trace per run
 
     def _create_model(self) -> keras.Model:
@@ -192,9 +189,18 @@ class Trainer:
                 hidden_units=tuple(c.model.hidden_units),
                 filters=tuple(c.model.get("filters", (32, 64))),
                 dropout=c.model.get("dropout", 0.0),
+                outputs=self._output_heads(),
             )
         finally:
             keras.config.set_dtype_policy(previous_policy)
+
+    def _output_heads(self) -> dict[str, tuple[str, int]] | None:
+        """The model's heads, ``{output: (kind, size)}``, for a dataset with several outputs (else None)."""
+        d = self.data
+        if not d.outputs:
+            return None
+        sizes = {"classification": d.num_classes, "box": 4}
+        return {output: (kind, sizes.get(kind, 1)) for output, kind in d.outputs.items()}
 
     def _distributed_step(self, update_decision: bool):
         replica_step = functools.partial(self.train_step, update_decision=update_decision)
@@ -217,19 +223,22 @@ class Trainer:
 
     def _eval_batch_fn(self, x, y):
         pred = self.model(x, training=False)
-        return {
-            "loss": tf.reduce_sum(self.loss.validation_loss(y, pred)),
-            **metrics_lib.task_sums(self.data.task, y, pred),
-        }
+        d = self.data
+        sums = metrics_lib.output_sums(d.outputs, y, pred) if d.outputs else metrics_lib.task_sums(d.task, y, pred)
+        return {"loss": tf.reduce_sum(self.loss.validation_loss(y, pred)), **sums}
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Mean validation-objective loss and accuracy (or MAE/MSE) over a whole split."""
+        """Mean validation-objective loss and accuracy (or MAE/MSE; ``<output>/<metric>`` per output) over a split."""
         x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
         totals: dict[str, float] = {}
         for i in range(0, len(x), 512):
-            for k, v in self._eval_batch(x[i : i + 512], y[i : i + 512]).items():
+            batch = tf.nest.map_structure(lambda a, i=i: a[i : i + 512], y)
+            for k, v in self._eval_batch(x[i : i + 512], batch).items():
                 totals[k] = totals.get(k, 0.0) + float(v)
-        return {k: v / len(x) for k, v in totals.items()}
+        means = {k: v / len(x) for k, v in totals.items()}
+        if self.data.outputs:
+            means["score"] = metrics_lib.headline_score(means, self.data.outputs)
+        return means
 
     # ------------------------------------------------------------------ run --
 
@@ -269,9 +278,9 @@ class Trainer:
         writer = summaries.MetricWriter(self.workdir, enabled=self.is_chief, candidates=candidates)
         if start == 0:
             trial = os.path.basename(os.path.abspath(self.workdir))
-            writer.hparams(_flatten(c), trial_id=trial, task=self.data.task)
-            trust_region = self.train_step.trust_region
-            writer.layout(summaries.slf_layout(metrics_lib.HEADLINE[self.data.task], trust_region=trust_region))
+            headlines = metrics_lib.headlines(self.data.task, self.data.outputs)
+            writer.hparams(_flatten(c), trial_id=trial, headlines=headlines)
+            writer.layout(summaries.slf_layout(headlines, trust_region=self.train_step.trust_region))
         if finished:  # re-evaluate
             return self._finish(writer, start)
         logging.info("%s; %d replica(s); training steps %d..%d.", self.data.summary(), self.replicas, start, total)
@@ -326,7 +335,7 @@ class Trainer:
         if best is None:
             return True
         old = best["val"][self.best_metric.removeprefix("val_")]
-        return value > old if self.best_metric == "val_accuracy" else value < old
+        return value > old if metrics_lib.higher_is_better(self.best_metric) else value < old
 
     def _patience_exhausted(self, step: int) -> bool:
         patience, best = self.config.early_stopping_patience, self.checkpointer.best()
