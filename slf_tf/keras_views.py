@@ -15,17 +15,21 @@ import numpy as np
 from keras.src.utils import io_utils
 
 from slf_tf import summaries
+from slf_tf.heads import HeadLosses
 from slf_tf.stochastic_loss import CombinedLoss
 
 __all__ = ["CompactProgbar", "SLFTensorBoard", "decision_line"]
 
 
-def _compiled_loss(model: keras.Model, who: str) -> CombinedLoss:
+def _compiled_loss(model: keras.Model, who: str) -> CombinedLoss | HeadLosses:
+    """The model's combined loss; for an ``SLFModel`` with several outputs, all of them (``HeadLosses``)."""
+    if isinstance(getattr(model, "slf_loss", None), HeadLosses):
+        return model.slf_loss
     loss = getattr(model, "loss", None)
     if isinstance(loss, (dict, list, tuple)):
         raise ValueError(
-            f"{who} takes a model compiled with one combined loss; this one has a loss per output ({loss!r}). "
-            "Several outputs are trained by SLFModel; their decisions are in fit's logs (slf_<output>_p_...)."
+            f"{who} takes a model compiled with one combined loss, or an SLFModel; this one has a loss per "
+            f"output ({loss!r}) and is not an SLFModel. Several outputs are trained by SLFModel."
         )
     if not isinstance(loss, CombinedLoss):
         raise ValueError(f"{who} needs a model compiled with a slf_tf combined loss; got {loss!r}.")
@@ -69,7 +73,8 @@ class CompactProgbar(keras.callbacks.ProgbarLogger):
 class SLFTensorBoard(keras.callbacks.Callback):
     """Writes the decision to TensorBoard the way the trainer does: one run per candidate
     (``<log_dir>/candidates/<name>``, so each chart overlays the candidates), the decision's scalars in
-    ``<log_dir>/decision``, a heatmap of P(selected) each epoch, and a Custom Scalars page.
+    ``<log_dir>/decision``, a heatmap of P(selected) each epoch, and a Custom Scalars page. With an
+    ``SLFModel`` of several outputs, every output's candidates (runs ``candidates/<output>.<candidate>``).
 
     Use the same ``log_dir`` as ``keras.callbacks.TensorBoard``: its ``train`` and ``validation`` runs then sit
     beside these, and the Custom Scalars page charts their loss and accuracy too.
@@ -94,7 +99,7 @@ class SLFTensorBoard(keras.callbacks.Callback):
         self._batches = 0
 
     def on_train_begin(self, logs=None):
-        loss = _compiled_loss(self.model, "SLFTensorBoard")
+        self._loss = loss = _compiled_loss(self.model, "SLFTensorBoard")
         chief = self.model.distribute_strategy.extended.should_checkpoint  # one writer per cluster
         self._writer = summaries.MetricWriter(
             self.log_dir, enabled=chief, candidates=dict(zip(loss.tags, loss.names, strict=True)), jsonl=False
@@ -111,7 +116,7 @@ class SLFTensorBoard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._write(logs)
         if self._steps:
-            loss = self.model.loss
+            loss = self._loss
             png = summaries.selection_heatmap_png(loss.names, self._steps, np.stack(self._probabilities))
             self._writer.image_png(self._steps[-1], "slf/selection_heatmap", png)
         self._writer.flush()
@@ -121,7 +126,7 @@ class SLFTensorBoard(keras.callbacks.Callback):
             self._writer.close()
 
     def _write(self, logs: dict[str, Any] | None) -> None:
-        loss = self.model.loss
+        loss = self._loss
         step = int(loss.step.numpy())  # the loss's own count of training steps: batches and epochs agree
         if self._steps and step == self._steps[-1]:
             return

@@ -1,5 +1,7 @@
 """Several outputs, a decision each (slf_tf.heads): the hypergradient, the step's objective, SLFModel and errors."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -196,6 +198,25 @@ def test_the_one_loss_keras_views_name_several_outputs():
     ):
         with pytest.raises(ValueError, match=match):
             model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
+
+
+def test_slf_tensorboard_writes_every_outputs_candidates_of_an_slf_model(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    (x, y), val = _data(0, n=32), _data(1, n=16)
+    model = slf_tf.SLFModel(_two_heads(), validation_data=val, val_batch_size=8)
+    losses = _heads()
+    model.compile(optimizer="adam", loss=dict(zip(["class", "box"], losses.heads, strict=True)))
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[slf_tf.callbacks.SLFTensorBoard(str(tmp_path))])
+    runs = sorted(os.listdir(tmp_path / "candidates"))
+    assert runs == sorted(f"{k}.{tag}" for k, h in zip(["class", "box"], losses.heads, strict=True) for tag in h.tags)
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "candidates" / runs[0]), size_guidance={"tensors": 0})
+    acc.Reload()
+    steps = [e.step for e in acc.Tensors("slf/selection_probability")]
+    assert steps == [4, 8]  # the loss's own step count at each epoch's end
+    decision = event_accumulator.EventAccumulator(str(tmp_path / "decision"), size_guidance={"tensors": 0})
+    decision.Reload()
+    assert "slf/temperature" in decision.Tags()["tensors"]
 
 
 def test_decision_data_with_a_label_per_output_is_checked_per_output():
