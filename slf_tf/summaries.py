@@ -158,6 +158,10 @@ class MetricWriter:
         # TensorBoard lists hparams by name (those that differ between runs first) and shows the first five: the
         # fields that tell runs apart get names that sort first, and their own name as the display name.
         first = [k for k in HPARAMS_FIRST if k in flat]
+        # Several outputs: each output's bag and strategy (config.heads.<output>) right after the shared ones.
+        per_output = sorted(k for k in flat if k.startswith("heads.") and k.endswith((".candidates", ".strategy")))
+        at = first.index("loss.candidates") + 1 if "loss.candidates" in first else len(first)
+        first[at:at] = per_output
         names = {k: f"!{i:02d} {k}" for i, k in enumerate(first)}
         params = {hp.HParam(names.get(k, k), display_name=k): _hparam_value(v) for k, v in flat.items()}
         metrics = [

@@ -97,6 +97,27 @@ def test_hparams_lead_with_what_tells_runs_apart_integers_as_integers_and_named_
     assert values["deterministic"].bool_value is False
 
 
+def test_hparams_of_several_outputs_lead_with_each_outputs_bag_and_name_each_outputs_metrics(tmp_path):
+    writer = summaries.MetricWriter(str(tmp_path), candidates=RUNS)
+    flat = {"batch_size": 64, "loss.strategy": "slf", "loss.candidates": (), "heads.label.candidates": ("mae",),
+            "heads.box.candidates": ("mse", "giou"), "heads.box.weight": 1.0, "loss.k": 3}  # fmt: skip
+    writer.hparams(flat, trial_id="t", headlines=["label/accuracy", "box/iou"])
+    writer.close()
+    acc = event_accumulator.EventAccumulator(os.path.join(str(tmp_path), "tensorboard"))
+    acc.Reload()
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        acc.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    ).experiment
+    infos = sorted(experiment.hparam_infos, key=lambda h: h.name)
+    assert [h.display_name for h in infos][:5] == [
+        "loss.strategy", "loss.candidates", "heads.box.candidates", "heads.label.candidates", "loss.k"
+    ]  # fmt: skip
+    assert {m.display_name for m in experiment.metric_infos} >= {
+        "best validation label/accuracy",
+        "test box/iou at the best checkpoint",
+    }
+
+
 def test_heatmap_is_small_enough_to_read_as_a_thumbnail_and_marks_the_restart():
     names = ["cross_entropy", "label_smoothing(epsilon=0.1)", "gce(q=0.7)"]
     steps = list(range(100, 2001, 100))
