@@ -29,7 +29,8 @@ def _valid_temperature(t):
 
 
 def _valid_k(k, allow_inf):
-    return (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (allow_inf and k == "inf")
+    infinite = k == "inf" or (isinstance(k, float) and k == math.inf)  # K = inf: softmax weighting
+    return (isinstance(k, int) and not isinstance(k, bool) and k >= 1) or (allow_inf and infinite)
 
 
 @SETTINGS
