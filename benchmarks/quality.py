@@ -125,7 +125,7 @@ def main(argv):
                 out.write(json.dumps(row) + "\n")
                 out.flush()
                 best = row["best"]["test"] if row["best"] else row["last"]["test"]
-                headline = best.get("accuracy", best.get("mae"))
+                headline = next(best[k] for k in ("accuracy", "score", "mae") if k in best)
                 print(
                     f"[{time.time() - start:6.0f}s {i}/{len(jobs)}] {row['setting']} seed {row['seed']} "
                     f"{row['strategy']}: best-checkpoint test {headline:.4f} ({row['seconds']:.0f}s)",
@@ -149,16 +149,36 @@ def _paired(diffs: np.ndarray) -> tuple[float, float]:
 
 
 def _score(run: dict, when: str) -> float:
-    """Test accuracy in % (higher is better) or test MAE (lower is better) at ``when`` (best | last)."""
+    """Test accuracy in % (several outputs: the score, the mean of accuracy and IoU, in %; higher is better)
+    or test MAE (lower is better) at ``when`` (best | last)."""
     metrics = (run["best"] or run["last"]) if when == "best" else run["last"]
     test = metrics["test"]
-    return 100.0 * test["accuracy"] if "accuracy" in test else test["mae"]
+    for key in ("accuracy", "score"):
+        if key in test:
+            return 100.0 * test[key]
+    return test["mae"]
 
 
 def _val(run: dict) -> float:
     """The best checkpoint's validation score, signed so that larger is better."""
     val = (run["best"] or run["last"])["val"]
-    return val["accuracy"] if "accuracy" in val else -val["mae"]
+    for key in ("accuracy", "score"):
+        if key in val:
+            return val[key]
+    return -val["mae"]
+
+
+def _is_regression(test: dict) -> bool:
+    return "accuracy" not in test and "score" not in test
+
+
+def _base(names, regression: bool) -> str:
+    """The row every other is paired with: fixed cross-entropy (with several outputs, its first combination;
+    ``fixed:cross_entropy+mse``), or fixed MSE for regression."""
+    if regression:
+        return "fixed:mse"
+    ce = sorted(n for n in names if n == "fixed:cross_entropy" or n.startswith("fixed:cross_entropy+"))
+    return ce[0] if ce else "fixed:cross_entropy"
 
 
 def _setting_table(runs: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], list]:
@@ -185,9 +205,9 @@ def report(rows: list[dict]) -> tuple[str, dict]:
     for setting in dict.fromkeys(r["setting"] for r in rows):
         runs = [r for r in rows if r["setting"] == setting]
         best, last, seconds, seeds = _setting_table(runs)
-        regression = "accuracy" not in runs[0]["last"]["test"]
+        regression = _is_regression(runs[0]["last"]["test"])
         sign = -1.0 if regression else 1.0
-        base = "fixed:mse" if regression else "fixed:cross_entropy"
+        base = _base(best, regression)
         fixed = [k for k in best if k.startswith("fixed:")]
         oracle = max(fixed, key=lambda k: sign * best[k].mean()) if fixed else None
         table_rows = []
@@ -205,7 +225,9 @@ def report(rows: list[dict]) -> tuple[str, dict]:
                     f"{seconds[name]:.0f}",
                 ]
             )
-        metric = "test MAE" if regression else "test accuracy %"
+        metric = (
+            "test MAE" if regression else "test score %" if "score" in runs[0]["last"]["test"] else "test accuracy %"
+        )
         headers = ["strategy", f"last step: {metric}", f"best checkpoint: {metric}", f"paired vs {base}", "seconds"]
         goals = _goals(setting, best, seconds, sign, base, oracle, regression, beats_oracle)
         texts.append(
@@ -240,7 +262,7 @@ def overview(summary: dict, slf: str = "slf") -> str:
         if slf not in best or "sweep" not in best:
             continue
         regression = setting.startswith("diabetes")
-        base = "fixed:mse" if regression else "fixed:cross_entropy"
+        base = _base(best, regression)
         sign = -1.0 if regression else 1.0
         d, h = _paired(sign * (best[slf] - best["sweep"]))
         rows.append(
@@ -256,7 +278,7 @@ def overview(summary: dict, slf: str = "slf") -> str:
             ]
         )
     headers = [
-        "setting (test acc. %; diabetes: MAE)",
+        "setting (test acc. %; diabetes: MAE; boxes: mean of acc. and IoU, %)",
         "CE / MSE",
         "sweep",
         "oracle",
@@ -290,7 +312,7 @@ def peers_overview(summary: dict) -> str:
     columns = [k for k in LEARNED_ROWS if k in present] + sorted(k for k in present if k.startswith("slf_"))
     rows, slf_ahead, joint_best = [], [], []
     for setting, all_means in chosen.items():
-        means = {"CE": all_means["fixed:cross_entropy"], "sweep": all_means["sweep"]}
+        means = {"CE": all_means[_base(all_means, False)], "sweep": all_means["sweep"]}
         means |= {k: all_means[k] for k in columns if k in all_means}
         top = max(means.values())
         cells = [f"**{means[k]:.2f}**" if means[k] == top else f"{means[k]:.2f}" if k in means else "-" for k in

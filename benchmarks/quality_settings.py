@@ -10,6 +10,7 @@ best checkpoint's validation and test metrics with the wall-clock time.
 from __future__ import annotations
 
 import ast
+import itertools
 import os
 import tempfile
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 import ml_collections
 
-from configs import diabetes_outliers, digits
+from configs import diabetes_outliers, digits, digits_boxes
 from slf_tf import data as data_lib
 
 # Setting name -> (config factory, noisy?, needs MNIST?).
@@ -159,12 +160,28 @@ def _diabetes(_):
     return diabetes_outliers.get_config()
 
 
+@_setting("digits_boxes_sym40", noisy=True)
+def _digits_boxes(_):
+    """Two outputs (configs/digits_boxes.py): a class head (40% symmetric noise) and a box head (jittered,
+    20% random boxes); every row is scored by ``score``, the mean of test accuracy and mean IoU."""
+    return digits_boxes.get_config()
+
+
 def strategies(config: ml_collections.ConfigDict, peers_only: bool = False) -> dict[str, dict[str, Any]]:
     """Strategy name -> config overrides: one fixed run per candidate (the sweep), then the rest.
 
     The example-weighting peers run on cross-entropy (their papers' setting) and
-    only for classification (their papers' rule is a classifier's).
+    only for classification (their papers' rule is a classifier's). With several
+    outputs (``config.heads``) the sweep is every combination of the outputs' fixed
+    losses (``fixed:<label loss>+<box loss>``), beside softmax weighting and SLF.
     """
+    if config.get("heads"):  # several outputs: the sweep is every pair of fixed losses; no example weighting
+        bags = {output: config.heads[output].candidates for output in data_lib.MULTI_OUTPUT[config.data.name]}
+        out = {}
+        for pair in itertools.product(*bags.values()):
+            fixed = {f"heads.{output}.fixed": loss for output, loss in zip(bags, pair, strict=True)}
+            out["fixed:" + "+".join(pair)] = {"loss.strategy": "fixed", **fixed}
+        return out | {name: {"loss.strategy": name} for name in ("softmax", "slf")}
     out = {f"fixed:{name}": {"loss.strategy": "fixed", "loss.fixed": name} for name in config.loss.candidates}
     regression = config.data.name == "diabetes"
     names = PEER_STRATEGIES if peers_only else ("uniform", "random", "uncertainty", "softadapt", "softmax", "slf")
