@@ -1,5 +1,7 @@
 """The quality benchmark's side-by-side table of the learned rows and its goal counts."""
 
+import pytest
+
 from benchmarks import quality
 
 
@@ -59,3 +61,40 @@ def test_peers_overview_marks_the_best_row_and_counts_the_goals():
 
 def test_peers_overview_is_empty_without_example_weighting_rows():
     assert quality.peers_overview({"digits_clean": _setting(**{"fixed:cross_entropy": 97.0, "sweep": 98.0})}) == ""
+
+
+def test_a_setting_with_two_outputs_sweeps_every_pair_and_scores_by_the_mean_of_accuracy_and_iou():
+    from benchmarks import quality_settings
+
+    config = quality_settings.SETTINGS["digits_boxes_sym40"][0]("")
+    table = quality_settings.strategies(config)
+    pairs = [name for name in table if name.startswith("fixed:")]
+    assert len(pairs) == 9 and pairs[0] == "fixed:cross_entropy+mse" and "fixed:gce(q=0.7)+giou" in pairs
+    assert table["fixed:gce(q=0.7)+giou"] == {
+        "loss.strategy": "fixed",
+        "heads.label.fixed": "gce(q=0.7)",
+        "heads.box.fixed": "giou",
+    }
+    assert set(table) - set(pairs) == {"softmax", "slf"}  # example weighting is refused on several outputs
+
+    def run(strategy, seed, val, test):
+        metrics = {"val": {"score": val}, "test": {"score": test, "label/accuracy": 0.0, "box/iou": 0.0}}
+        return {"setting": "digits_boxes_sym40", "strategy": strategy, "seed": seed, "seconds": 10.0,
+                "last": metrics, "best": metrics}  # fmt: skip
+
+    rows = [
+        run("fixed:cross_entropy+mse", 0, 0.50, 0.48),
+        run("fixed:gce(q=0.7)+giou", 0, 0.60, 0.62),
+        run("slf", 0, 0.58, 0.61),
+        run("fixed:cross_entropy+mse", 1, 0.52, 0.50),
+        run("fixed:gce(q=0.7)+giou", 1, 0.61, 0.60),
+        run("slf", 1, 0.59, 0.58),
+    ]
+    text, summary = quality.report(rows)
+    best = summary["digits_boxes_sym40"]["best"]
+    assert best["sweep"] == pytest.approx(
+        [62.0, 60.0]
+    )  # picked by the validation score, reported as the test score in %
+    assert best["slf"] == pytest.approx([61.0, 58.0])
+    assert "paired vs fixed:cross_entropy+mse" in text and "test score %" in text
+    assert "SLF >= sweep - 1 point (paired -1.50" in text
