@@ -34,7 +34,15 @@ import scipy.stats  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.quality_settings import PEERS_ONLY, SETTINGS, available, parse_variants, run_job, strategies  # noqa: E402
+from benchmarks.quality_settings import (  # noqa: E402
+    PEERS_ONLY,
+    SETTINGS,
+    available,
+    base_row,
+    parse_variants,
+    run_job,
+    strategies,
+)
 
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per setting (first_seed .. first_seed + n - 1).")
 _FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first seed (use other seeds to develop than to report).")
@@ -172,15 +180,6 @@ def _is_regression(test: dict) -> bool:
     return "accuracy" not in test and "score" not in test
 
 
-def _base(names, regression: bool) -> str:
-    """The row every other is paired with: fixed cross-entropy (with several outputs, its first combination;
-    ``fixed:cross_entropy+mse``), or fixed MSE for regression."""
-    if regression:
-        return "fixed:mse"
-    ce = sorted(n for n in names if n == "fixed:cross_entropy" or n.startswith("fixed:cross_entropy+"))
-    return ce[0] if ce else "fixed:cross_entropy"
-
-
 def _setting_table(runs: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], list]:
     """Per strategy: best-checkpoint scores and last scores per seed (seeds every strategy has), seconds."""
     by = {}
@@ -207,7 +206,7 @@ def report(rows: list[dict]) -> tuple[str, dict]:
         best, last, seconds, seeds = _setting_table(runs)
         regression = _is_regression(runs[0]["last"]["test"])
         sign = -1.0 if regression else 1.0
-        base = _base(best, regression)
+        base = base_row(setting)
         fixed = [k for k in best if k.startswith("fixed:")]
         oracle = max(fixed, key=lambda k: sign * best[k].mean()) if fixed else None
         table_rows = []
@@ -262,7 +261,7 @@ def overview(summary: dict, slf: str = "slf") -> str:
         if slf not in best or "sweep" not in best:
             continue
         regression = setting.startswith("diabetes")
-        base = _base(best, regression)
+        base = base_row(setting)
         sign = -1.0 if regression else 1.0
         d, h = _paired(sign * (best[slf] - best["sweep"]))
         rows.append(
@@ -312,7 +311,7 @@ def peers_overview(summary: dict) -> str:
     columns = [k for k in LEARNED_ROWS if k in present] + sorted(k for k in present if k.startswith("slf_"))
     rows, slf_ahead, joint_best = [], [], []
     for setting, all_means in chosen.items():
-        means = {"CE": all_means[_base(all_means, False)], "sweep": all_means["sweep"]}
+        means = {"CE": all_means[base_row(setting)], "sweep": all_means["sweep"]}
         means |= {k: all_means[k] for k in columns if k in all_means}
         top = max(means.values())
         cells = [f"**{means[k]:.2f}**" if means[k] == top else f"{means[k]:.2f}" if k in means else "-" for k in

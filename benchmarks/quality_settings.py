@@ -194,6 +194,14 @@ def strategies(config: ml_collections.ConfigDict, peers_only: bool = False) -> d
     return out
 
 
+def base_row(setting: str) -> str:
+    """The "CE" row every other is paired with: fixed cross-entropy; fixed MSE for regression; with several
+    outputs the configs' own fixed pair (cross-entropy and MSE, the regression default)."""
+    if setting.startswith("diabetes"):
+        return "fixed:mse"
+    return "fixed:cross_entropy+mse" if setting.startswith("digits_boxes") else "fixed:cross_entropy"
+
+
 def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
     """A copy of ``config`` with dotted ``overrides`` (``{"decision.every": 2}``)."""
     from slf_tf.training.config_checks import with_overrides
