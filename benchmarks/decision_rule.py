@@ -34,12 +34,17 @@ from benchmarks import harness  # noqa: E402
 from slf_tf import rng, schedules  # noqa: E402
 from slf_tf.hypergrad import Lookahead  # noqa: E402
 
-_MEANS = flags.DEFINE_list("means", ["0.015", "0.004", "0.10"], "Each candidate's mean score -dJ/dc.")
-_SPREADS = flags.DEFINE_list("spreads", ["0", "0", "0"], "Each candidate's score standard deviation.")
-_WHEN_SELECTED = flags.DEFINE_list("when_selected", [], "Each candidate's mean score on steps it is in the mix.")
-_SEEDS = flags.DEFINE_integer("seeds", 8, "Seeds (each draws its own scores and selections).")
-_STEPS = flags.DEFINE_integer("steps", 1200, "Decision updates per seed.")
-_OUT = flags.DEFINE_string("out", "benchmarks/results", "Where decision_rule.md / .json go.")
+
+def _define_flags() -> None:
+    """The command line's flags, defined only when run as a script (other benchmarks define ``--seeds`` too,
+    and the tests import several of them into one process)."""
+    flags.DEFINE_list("means", ["0.015", "0.004", "0.10"], "Each candidate's mean score -dJ/dc.")
+    flags.DEFINE_list("spreads", ["0", "0", "0"], "Each candidate's score standard deviation.")
+    flags.DEFINE_list("when_selected", [], "Each candidate's mean score on steps it is in the mix.")
+    flags.DEFINE_integer("seeds", 8, "Seeds (each draws its own scores and selections).")
+    flags.DEFINE_integer("steps", 1200, "Decision updates per seed.")
+    flags.DEFINE_string("out", "benchmarks/results", "Where decision_rule.md / .json go.")
+
 
 _TAIL = 200  # the steps the mean coefficients are taken over
 
@@ -93,11 +98,12 @@ def simulate(
 
 def main(argv):
     del argv
-    means, spreads = [float(v) for v in _MEANS.value], [float(v) for v in _SPREADS.value]
-    when_selected = [float(v) for v in _WHEN_SELECTED.value] or None
+    f = flags.FLAGS
+    means, spreads = [float(v) for v in f.means], [float(v) for v in f.spreads]
+    when_selected = [float(v) for v in f.when_selected] or None
     if len(spreads) != len(means) or (when_selected and len(when_selected) != len(means)):
         raise app.UsageError("--means, --spreads and --when_selected need one value per candidate.")
-    runs = [simulate(means, spreads, when_selected, seed=s, steps=_STEPS.value) for s in range(_SEEDS.value)]
+    runs = [simulate(means, spreads, when_selected, seed=s, steps=f.steps) for s in range(f.seeds)]
     rows = [
         [s, *(np.round(r[k], 2).tolist() for k in ("selection_probability", "weight", "mean_coefficient"))]
         for s, r in enumerate(runs)
@@ -108,8 +114,9 @@ def main(argv):
     text = f"means {means}, spreads {spreads}, when selected {when_selected}\n\n{table}\n\nends on: {counts}"
     print(text)
     payload = {"means": means, "spreads": spreads, "when_selected": when_selected, "runs": runs, "ends": ends}
-    harness.write_results(_OUT.value, "decision_rule", text, payload)
+    harness.write_results(f.out, "decision_rule", text, payload)
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from benchmarks import decision_rule
+from benchmarks import decision_rule, quality  # noqa: F401  (one process: their flags must not clash)
 
 
 def test_the_rule_ends_on_the_candidate_with_the_largest_score_and_reports_its_state():
