@@ -118,6 +118,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.decision.restart_fraction = 0.4
     config.decision.restart_at_commitment = 0.0
     config.decision.restart_from = "init"  # init (fresh weights) | best (the best-validation checkpoint)
+    # No restart before the network has seen the training split this many times (0: always restart):
+    # in fewer passes it has fitted little noise, and fresh weights would not converge in the rest.
+    config.decision.restart_min_epochs = 4.0
 
     # Save export/model.keras and export/saved_model at the end (and export/best/).
     config.export = True

@@ -19,6 +19,7 @@ weights the main step starts from): prefer it where you can wrap the model.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -204,14 +205,20 @@ class Restart(keras.callbacks.Callback):
     under the settled decision, within the same budget. Only a decision learned from the validation
     hypergradient restarts (``slf``, ``softmax``, ``joint``, ``meta_weight_net``; one head or several);
     with other losses this callback does nothing. Fresh weights are drawn with ``seed``.
+
+    As in the trainer (``decision.restart_min_epochs``), there is no restart if fewer than ``min_epochs``
+    of the fit's epochs come before it: in so few passes the network has fitted little label noise, and
+    fresh weights would not converge in the rest of the fit. ``restarted_at`` is then -2.
     """
 
-    def __init__(self, fraction: float = 0.4, seed: int = 0):
+    def __init__(self, fraction: float = 0.4, seed: int = 0, min_epochs: float = 4.0):
         super().__init__()
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"Restart fraction must be in (0, 1); got {fraction!r}.")
-        self.fraction, self.seed = float(fraction), int(seed)
-        self.restarted_at = -1  # the step of the restart (-1: not yet)
+        if not (isinstance(min_epochs, (int, float)) and 0.0 <= min_epochs < float("inf")):
+            raise ValueError(f"Restart min_epochs must be a finite number >= 0; got {min_epochs!r}.")
+        self.fraction, self.seed, self.min_epochs = float(fraction), int(seed), float(min_epochs)
+        self.restarted_at = -1  # the step of the restart (-1: not yet; -2: skipped, too few epochs before it)
         self._at, self._step = None, 0
 
     def on_train_begin(self, logs=None):
@@ -220,8 +227,17 @@ class Restart(keras.callbacks.Callback):
             raise ValueError("Restart works with SLFModel (the fused step), whose network it restarts.")
         learned = loss.needs_lookahead and bool(loss.decision_variables)
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        if learned and steps and epochs and self.restarted_at < 0:
-            self._at = round(self.fraction * steps * epochs)
+        if learned and steps and epochs and self.restarted_at == -1:
+            if self.fraction * epochs < self.min_epochs:
+                self.restarted_at = -2
+                warnings.warn(
+                    f"Restart skipped: {self.fraction * epochs:g} of the fit's {epochs} epochs come before it, "
+                    f"fewer than min_epochs={self.min_epochs:g} (too few to have fitted label noise); "
+                    "Restart(min_epochs=0) restarts anyway.",
+                    stacklevel=2,
+                )
+            else:
+                self._at = round(self.fraction * steps * epochs)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._at is not None and self._step == self._at:

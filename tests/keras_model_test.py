@@ -183,7 +183,7 @@ def test_restart_callback_restarts_the_network_and_keeps_the_decision():
         network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
         model = slf_tf.SLFModel(network, validation_data=(xv, yv), val_batch_size=16)
         model.compile(optimizer="adam", loss=slf_tf.create_loss(strategy, ["cross_entropy", "mae"], k=1))
-        restart = slf_tf.callbacks.Restart(0.5, seed=3)
+        restart = slf_tf.callbacks.Restart(0.5, seed=3, min_epochs=1)
         seen = {}
         probe = _RestartProbe(seen)
         model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[restart, probe])
@@ -198,12 +198,33 @@ def test_restart_callback_restarts_the_network_and_keeps_the_decision():
     assert runs["fixed"][0] == -1  # nothing learned to restart with
 
 
+def test_restart_callback_skips_a_restart_with_too_few_epochs_before_it():
+    import slf_tf.callbacks
+
+    r = np.random.default_rng(0)
+    x, y, xv, yv = r.normal(size=(64, 5)), r.integers(0, 3, 64), r.normal(size=(32, 5)), r.integers(0, 3, 32)
+    network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    model = slf_tf.SLFModel(network, validation_data=(xv, yv), val_batch_size=16)
+    model.compile(optimizer="adam", loss=slf_tf.create_loss("slf", ["cross_entropy", "mae"], k=1))
+    restart = slf_tf.callbacks.Restart(0.4, min_epochs=4)  # 0.4 x 5 epochs = 2 before it
+    with pytest.warns(UserWarning, match=r"Restart skipped: 2 of the fit's 5 epochs come before it"):
+        model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[restart])
+    assert restart.restarted_at == -2
+    assert int(model.optimizer.iterations.numpy()) == 20  # never reset
+    restart = slf_tf.callbacks.Restart(0.4, min_epochs=4)  # 0.4 x 10 epochs = 4: restarts
+    model.fit(x, y, batch_size=16, epochs=10, verbose=0, callbacks=[restart])
+    assert restart.restarted_at == 16
+
+
 def test_restart_callback_refuses_a_bad_fraction_and_a_plain_model():
     import slf_tf.callbacks
 
     for fraction in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match=r"Restart fraction must be in \(0, 1\)"):
             slf_tf.callbacks.Restart(fraction)
+    for min_epochs in (-1.0, float("inf"), "4"):
+        with pytest.raises(ValueError, match=r"Restart min_epochs must be a finite number >= 0"):
+            slf_tf.callbacks.Restart(0.4, min_epochs=min_epochs)
     network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
     network.compile(optimizer="adam", loss=slf_tf.StochasticLoss(["cross_entropy", "mae"]))
     x, y = np.zeros((8, 5), np.float32), np.zeros(8, np.int32)

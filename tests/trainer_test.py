@@ -292,8 +292,16 @@ def test_lost_checkpoint_state_file_resumes_from_the_files(tmp_path):
 @pytest.mark.parametrize(
     "overrides,at",
     [
-        ({"decision.restart_fraction": 0.5}, 10),
-        ({"decision.restart_fraction": 0.0, "decision.restart_at_commitment": 0.01}, 10),
+        # 32 training examples: 10 steps of 32 are 10 epochs (>= decision.restart_min_epochs).
+        ({"decision.restart_fraction": 0.5, "data.max_train_examples": 32}, 10),
+        (
+            {
+                "decision.restart_fraction": 0.0,
+                "decision.restart_at_commitment": 0.01,
+                "decision.restart_min_epochs": 0.0,
+            },
+            10,
+        ),
     ],
     ids=["fraction", "commitment"],
 )
@@ -326,6 +334,29 @@ def test_restart_retrains_the_main_network_once_with_the_learned_decision(tmp_pa
         event.step == at
         and f"Step {at}: restarted the main network" in tf.make_ndarray(event.tensor_proto).item().decode()
     )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"decision.restart_fraction": 0.5},
+        {"decision.restart_fraction": 0.0, "decision.restart_at_commitment": 0.01},
+    ],
+    ids=["fraction", "commitment"],
+)
+def test_a_due_restart_is_skipped_before_enough_passes_over_the_training_split(tmp_path, overrides):
+    # 10 steps of 32 over ~1,200 training digits: 0.27 of a pass, below decision.restart_min_epochs = 4.
+    trainer = Trainer(_config(**overrides), str(tmp_path))
+    trainer.restart.apply = lambda step: pytest.fail("restarted after too few passes")
+    results = trainer.run()
+    assert results["restarted_at"] == -2  # due and skipped: not tried again
+    assert int(trainer.main_optimizer.iterations.numpy()) == 20  # the optimizer was not reset
+    text = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard" / "decision"))
+    text.Reload()
+    (event,) = text.Tensors("slf/restart")
+    message = tf.make_ndarray(event.tensor_proto).item().decode()
+    assert event.step == 10 and "no restart" in message and "seen the training split 0.27 times" in message, message
+    assert Trainer(_config(**overrides), str(tmp_path)).run()["restarted_at"] == -2  # recorded in the checkpoint
 
 
 @pytest.mark.parametrize("strategy", ["uncertainty", "fixed"])

@@ -68,6 +68,7 @@ NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "decision.clipnorm": (False, 0, INF, True, False),
     "decision.restart_fraction": (False, 0, 1, True, False),
     "decision.restart_at_commitment": (False, 0, 1, True, True),
+    "decision.restart_min_epochs": (False, 0, INF, True, False),
 }
 
 #: Numbers only some configs have (``digits_boxes``): checked where present, by the same rules.

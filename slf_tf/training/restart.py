@@ -12,6 +12,11 @@ with a fresh main optimizer or that checkpoint's; the decision network goes on.
 It happens at most once per run, and the total budget does not change. Strategies
 whose weights are not learned by the hypergradient (fixed, uniform, random,
 uncertainty, softadapt) never restart.
+
+A due restart is skipped if the main network has seen the training split fewer
+than ``decision.restart_min_epochs`` times by then: in so few passes it has
+fitted little label noise, and fresh weights would not train to convergence in
+the rest of the budget (docs/design.md, "Committing in time").
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ RESTART_FROM = ("init", "best")
 
 
 class Restart:
-    """When and how a run restarts its main network; ``restarted_at`` (-1: not yet) is checkpointed."""
+    """When and how a run restarts its main network; ``restarted_at`` (-1: not yet; -2: skipped) is checkpointed."""
 
     def __init__(self, trainer: Any):
         self.trainer = trainer
         d = trainer.config.decision
         self.fraction, self.commitment, self.source = d.restart_fraction, d.restart_at_commitment, d.restart_from
+        self.min_epochs = float(d.get("restart_min_epochs", 0.0))
         # Only a decision learned from the validation hypergradient (slf, softmax, joint, meta_weight_net)
         # is worth a restart; l2rw learns nothing across steps.
         learned = trainer.loss.needs_lookahead and bool(trainer.loss.decision_variables)
@@ -42,7 +48,8 @@ class Restart:
 
     @property
     def done(self) -> bool:
-        return int(self.restarted_at.numpy()) >= 0
+        """A restart happened (``restarted_at`` >= 0) or was due and skipped (-2): it is not tried again."""
+        return int(self.restarted_at.numpy()) != -1
 
     def due_before(self, step: int) -> bool:
         """The fixed-fraction trigger, checked before each step."""
@@ -54,6 +61,28 @@ class Restart:
             return False
         committed = float(tf.reduce_max(self.trainer.loss.expected_coefficients()))
         return committed >= self.commitment
+
+    def epochs_seen(self, step: int) -> float:
+        """Passes over the training split by ``step`` (the global batch times the steps)."""
+        t = self.trainer
+        return step * t.config.batch_size / len(t.data.x_train)
+
+    def skip_reason(self, step: int) -> str:
+        """Why a restart due at ``step`` is skipped, in a sentence; "" if it goes ahead."""
+        seen = self.epochs_seen(step)
+        if seen >= self.min_epochs:
+            return ""
+        return (
+            f"Step {step}: no restart: the main network has seen the training split {seen:.2f} times "
+            f"(decision.restart_min_epochs = {self.min_epochs:g}): too few passes to have fitted label noise, "
+            "and fresh weights would not converge in the rest of the budget."
+        )
+
+    def skip(self, step: int, reason: str) -> str:
+        """Records that the restart due at ``step`` is skipped (not tried again); returns ``reason``."""
+        self.restarted_at.assign(-2)
+        logging.info("%s", reason)
+        return reason
 
     @property
     def _total(self) -> int:

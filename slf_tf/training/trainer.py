@@ -319,8 +319,9 @@ class Trainer:
             sigterm.restore()
 
     def _restart(self, writer: summaries.MetricWriter, step: int) -> None:
-        """Restarts the main network (``restart.py``) and marks the step in TensorBoard."""
-        writer.text(step, "slf/restart", self.restart.apply(step))
+        """Restarts the main network (``restart.py``), unless too few epochs; says which in TensorBoard."""
+        reason = self.restart.skip_reason(step)
+        writer.text(step, "slf/restart", self.restart.skip(step, reason) if reason else self.restart.apply(step))
 
     def _save(self, step: int, metrics: dict) -> None:
         del metrics
