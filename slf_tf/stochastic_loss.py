@@ -98,7 +98,7 @@ class CombinedLoss(keras.losses.Loss):
     needs_lookahead = False
     #: The decision update also needs J(w), the validation loss before the virtual step.
     needs_val_loss_before = False
-    #: The rule needs per-example scores D [batch, N] (hypergradient method jvp or finite_difference).
+    #: The rule needs per-example scores D [batch, N] (:func:`slf_tf.hypergrad.reweighted_lookahead`).
     needs_example_scores = False
     #: Example weights come from this step's lookahead (the main gradient follows it, every step).
     reweights_from_lookahead = False

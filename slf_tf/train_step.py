@@ -47,8 +47,8 @@ class DecisionSettings:
       virtual_step: ``optimizer`` (the main optimizer's own per-weight step sizes,
         :func:`slf_tf.hypergrad.preconditioned_step`; SGD, Adam, AdamW, RMSprop) or
         ``sgd`` (``w' = w - lookahead_lr * g``, any optimizer).
-      method: ``auto`` (``exact``, or ``jvp`` where the strategy needs per-example scores), ``exact``
-        (nested tapes), ``jvp`` (forward mode) or ``finite_difference``.
+      method: ``auto`` (``exact``), ``exact`` (nested tapes; reverse over reverse for per-example
+        scores), ``jvp`` (forward mode) or ``finite_difference``.
       entropy_weight: weight of an entropy bonus on the selection distribution.
       fd_epsilon: the finite-difference step, relative to the direction's norm.
       trust_region: scale the virtual step by ``s`` in [2^-20, 1], halved after a decision update
@@ -246,7 +246,7 @@ class TrainStep:
             main_optimizer.build(model.trainable_variables)
         if loss.needs_lookahead and settings.virtual_step == "optimizer":
             hypergrad.check_preconditioned(main_optimizer)
-        self.method = hypergrad.resolve_method(settings.method, loss.needs_example_scores)
+        self.method = hypergrad.resolve_method(settings.method)
         self.trust_region = settings.uses_trust_region(loss)
         if loss.decision_variables and not decision_optimizer.built:
             decision_optimizer.build(loss.decision_variables)
@@ -302,6 +302,7 @@ class TrainStep:
             c,
             self._virtual_step(weights),
             with_val_loss_before=self.loss.needs_val_loss_before,
+            with_example_scores=self.loss.needs_example_scores,
             **kwargs,
         )
 

@@ -19,12 +19,12 @@ def _data(seed=0):
     return x, r.integers(0, 3, 12), xv, r.integers(0, 3, 10)
 
 
-def _mlp():
+def _mlp(kernel_regularizer=None):
     keras.utils.set_random_seed(0)
     return keras.Sequential(
         [
             keras.Input((5,), dtype="float64"),
-            keras.layers.Dense(6, activation="tanh", dtype="float64"),
+            keras.layers.Dense(6, activation="tanh", dtype="float64", kernel_regularizer=kernel_regularizer),
             keras.layers.Dense(3, dtype="float64"),
         ]
     )
@@ -69,12 +69,13 @@ def _setup(seed=0):
     return model, loss, (x, y, xv, yv), w, forward, val_fn
 
 
-@pytest.mark.parametrize("method, tol", [("jvp", 1e-6), ("finite_difference", 1e-3)])
+@pytest.mark.parametrize("method, tol", [("exact", 1e-6), ("jvp", 1e-6), ("finite_difference", 1e-3)])
 def test_example_scores_match_brute_force_at_uniform_weights(method, tol):
     """dJ/deps_j = -sum_i c_i D[j, i] / n at eps = 1 (the weights a plain step uses)."""
     model, loss, (x, y, xv, yv), w, forward, val_fn = _setup()
     c = tf.constant([0.5, 0.2, 0.3], tf.float64)
-    look = hypergrad.lookahead(forward, val_fn, w, c, hypergrad.sgd_step(ETA, len(w)), method=method, fd_epsilon=1e-4)
+    step = hypergrad.sgd_step(ETA, len(w))
+    look = hypergrad.lookahead(forward, val_fn, w, c, step, method=method, fd_epsilon=1e-4, with_example_scores=True)
     got = -tf.linalg.matvec(look.example_scores, c).numpy() / len(x)
     brute = _central_difference(_j_of_example_weights(model, loss, x, y, xv, yv, c), np.ones(len(x)))
     assert _rel_err(got, brute) <= tol, (got, brute)
@@ -91,6 +92,40 @@ def test_jvp_coefficient_gradient_equals_exact_and_brute_force():
     for a, b in zip(jvp.main_gradients, exact.main_gradients, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     assert exact.example_scores is None and jvp.example_scores.shape == (len(x), 3)
+
+
+@pytest.mark.parametrize("regularised", [False, True])
+def test_reverse_over_reverse_scores_equal_the_jvp(regularised):
+    """exact's D (reverse over reverse through g(V)) is jvp's to float64 tolerance, with the same main step:
+    in lookahead, and in reweighted_lookahead from w (L2RW) and from w' (joint), regularisation included."""
+    model, (x, y, xv, yv) = _mlp(keras.regularizers.L2(0.3) if regularised else None), _data(6)
+    loss = slf_tf.StochasticLoss(SPECS, k=2)
+    w = [v.value for v in model.trainable_variables]
+    val_fn = train_step.make_validation(model, loss, xv, yv, len(xv))
+    forward = train_step.make_forward(model, loss, x, y, len(x), tf.ones([3], tf.float64))
+    assert regularised == bool(float(forward(w, tf.ones([3], tf.float64)).regularisation))
+    c = tf.constant([0.2, 0.5, 0.3], tf.float64)
+    step = hypergrad.sgd_step(ETA, len(w))
+    exact = hypergrad.lookahead(forward, val_fn, w, c, step, method="exact", with_example_scores=True)
+    jvp = hypergrad.lookahead(forward, val_fn, w, c, step, method="jvp")
+    np.testing.assert_allclose(exact.example_scores, jvp.example_scores, rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(exact.coefficient_gradient, jvp.coefficient_gradient, rtol=1e-9, atol=1e-15)
+    for a, b in zip(exact.main_gradients, jvp.main_gradients, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    weights_fn = lambda scores, fwd: l2rw_weights(scores, fwd.coefficients, fwd.global_batch)  # noqa: E731
+    for from_current in (True, False):
+        looks = [
+            hypergrad.reweighted_lookahead(
+                forward, val_fn, w, c, step, weights_fn, from_current=from_current, method=method
+            )  # fmt: skip
+            for method in ("exact", "jvp")
+        ]
+        np.testing.assert_allclose(looks[0].example_scores, looks[1].example_scores, rtol=1e-9, atol=1e-15)
+        assert 0 < np.count_nonzero(looks[0].example_weights) < len(x)
+        np.testing.assert_allclose(looks[0].example_weights, looks[1].example_weights, rtol=1e-9)
+        assert float(looks[0].val_loss) == pytest.approx(float(looks[1].val_loss), rel=1e-12)
+        for a, b in zip(looks[0].main_gradients, looks[1].main_gradients, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-15)
 
 
 def test_l2rw_weights_are_the_papers_rule_by_brute_force():
@@ -197,14 +232,9 @@ def test_joint_decision_uses_uniform_scores_and_main_step_uses_l2rw_weights():
     np.testing.assert_allclose(look.example_weights, expected, rtol=1e-5, atol=1e-9)
 
 
-def test_example_weighting_refuses_the_exact_method_and_the_callback():
+def test_example_weighting_refuses_the_callback_and_an_unknown_example_loss():
     model = _mlp()
     loss = slf_tf.create_loss("l2rw", SPECS)
-    with pytest.raises(ValueError, match=r"Example weighting needs per-example scores.*'exact'.*\['jvp'"):
-        train_step.TrainStep(
-            model, loss, keras.optimizers.SGD(0.1), keras.optimizers.SGD(1.0),
-            train_step.DecisionSettings(method="exact"),
-        )  # fmt: skip
     with pytest.raises(ValueError, match=r"Unknown example_loss 'bag'; known: \['fixed', 'uniform'\]"):
         slf_tf.create_loss("meta_weight_net", SPECS, example_loss="bag")
     model.compile(optimizer="sgd", loss=loss)
@@ -214,13 +244,13 @@ def test_example_weighting_refuses_the_exact_method_and_the_callback():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
-def test_auto_method_is_exact_for_slf_and_jvp_for_example_weighting():
+def test_auto_method_is_exact_for_every_strategy():
     model = _mlp()
-    for strategy, method in (("slf", "exact"), ("l2rw", "jvp"), ("meta_weight_net", "jvp"), ("joint", "jvp")):
+    for strategy in ("slf", "l2rw", "meta_weight_net", "joint"):
         step = train_step.TrainStep(
             model, slf_tf.create_loss(strategy, SPECS), keras.optimizers.SGD(0.1), keras.optimizers.SGD(1.0)
         )
-        assert step.method == method, strategy
+        assert step.method == "exact", strategy
 
 
 def test_l2rw_uniform_example_loss_weights_the_bag_mean():

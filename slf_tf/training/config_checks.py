@@ -149,7 +149,7 @@ def _check_names(config, task: str) -> None:
         raise ValueError(f"Unknown loss strategy {config.loss.strategy!r}; known: {sorted(STRATEGIES)}.")
     if config.loss.get("example_loss", "fixed") not in EXAMPLE_LOSSES:
         raise ValueError(f"Unknown loss.example_loss {config.loss.example_loss!r}; known: {list(EXAMPLE_LOSSES)}.")
-    hypergrad.check_method(config.decision.method, STRATEGIES[config.loss.strategy].needs_example_scores)
+    hypergrad.check_method(config.decision.method)
     selection.check_options(config.loss.k, config.loss.estimator, config.loss.weighting)
     if config.decision.restart_from not in restart.RESTART_FROM:
         raise ValueError(
