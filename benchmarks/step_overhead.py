@@ -12,8 +12,9 @@ Models: the MLP on digits (64 features) and the small CNN on MNIST-shaped inputs
   fd_every1     + the finite-difference hypergradient every step
   jvp_every1    + the forward-mode (JVP) hypergradient every step (auto picks it for l2rw, MWN, joint)
   exact_every10, jvp_every10  the same every 10 steps (mean over the 10-step cycle)
-  l2rw, meta_weight_net, joint  the example-weighting strategies (every step, method auto: exact,
-                reverse over reverse for the per-example scores); l2rw_jvp, ... the same by forward mode
+  l2rw, meta_weight_net, joint  the example-weighting strategies (every step, method auto: jvp for
+                l2rw, whose lookahead is at w; exact, reverse over reverse, for the others); l2rw_exact,
+                meta_weight_net_jvp, joint_jvp  the same by the other method
 and Keras' fit, each against a plain cross-entropy fit of the same model: keras_slf_model
 (SLFModel, the fused step; every step and every 10) and keras_callback (a compiled
 StochasticLoss with the DecisionUpdate callback; every batch and every 10). The sequence
@@ -44,6 +45,8 @@ from absl import app, flags  # noqa: E402
 from benchmarks import harness  # noqa: E402
 from configs import digits as digits_config  # noqa: E402
 from slf_tf import data as data_lib  # noqa: E402
+from slf_tf import hypergrad  # noqa: E402
+from slf_tf.stochastic_loss import STRATEGIES  # noqa: E402
 from slf_tf.training import Trainer, input_pipeline, progress  # noqa: E402
 
 _ROUNDS = flags.DEFINE_integer("rounds", 15, "Timing rounds (medians are over these).")
@@ -168,8 +171,10 @@ def _trainer_variants(model_name: str) -> dict[str, tuple]:
         "jvp_every10": (_config(model_name, "jvp", 10), 10),
     }
     for name in ("l2rw", "meta_weight_net", "joint"):
-        for method, suffix in (("auto", ""), ("jvp", "_jvp")):
-            variants[f"{name}{suffix}"] = (_config(model_name, method, 1, strategy=name), 1)
+        variants[name] = (_config(model_name, "auto", 1, strategy=name), 1)
+        auto = hypergrad.resolve_method("auto", STRATEGIES[name].lookahead_from_current)
+        other = "jvp" if auto == "exact" else "exact"
+        variants[f"{name}_{other}"] = (_config(model_name, other, 1, strategy=name), 1)
     return variants
 
 

@@ -71,11 +71,18 @@ __all__ = [
 METHODS = ("auto", "exact", "jvp", "finite_difference")
 
 
-def resolve_method(method: str) -> str:
-    """``auto`` is ``exact``: it measured faster than ``jvp`` for ``dJ/dc`` and for the scores ``D``
-    (README, "Step overhead"); every method gives both."""
+def resolve_method(method: str, from_current: bool = False) -> str:
+    """``auto``: ``exact``, or ``jvp`` for a lookahead taken at ``w`` itself (``from_current``, L2RW).
+
+    Every method gives ``dJ/dc`` and the scores ``D``. Reverse over reverse measured
+    faster than forward mode through a virtual step; at ``w`` forward mode needs no
+    backward of the train batch before the lookahead and shares its forward with the
+    main gradient's (README, "Step overhead").
+    """
     check_method(method)
-    return "exact" if method == "auto" else method
+    if method == "auto":
+        return "jvp" if from_current else "exact"
+    return method
 
 
 VIRTUAL_STEPS = ("sgd", "optimizer")
@@ -337,11 +344,13 @@ def reweighted_lookahead(
     ``sum_j e_j combined_j / n + regularisation``, from the same forward (one
     forward, with one backward more than :func:`lookahead` unless ``from_current``).
     """
-    method = resolve_method(method)
+    method = resolve_method(method, from_current)
     if method == "exact":
         forward, tape, _, j, scores = _scores_reverse_over_reverse(
             forward_fn, val_fn, weights, coefficients, virtual_step, from_current
         )
+    elif method == "jvp" and from_current:
+        forward, tape, j, scores = _scores_forward_mode_at_w(forward_fn, val_fn, weights, coefficients, virtual_step)
     else:
         with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
             tape.watch(weights)
@@ -367,6 +376,20 @@ def reweighted_lookahead(
     losses = distributed.all_sum(forward.candidate_losses)
     zero = tf.zeros([], j.dtype)
     return Lookahead(forward, grads, losses, d_j_dc, distributed.all_sum(j), zero, scores, example_weights)
+
+
+def _scores_forward_mode_at_w(forward_fn, val_fn, weights, coefficients, virtual_step):
+    """``(forward, its persistent tape, J(w) partial, D)`` for a lookahead at ``w``: ``u = P grad J(w)`` first,
+    then one forward of the train batch under the tape and the accumulator (its primal serves the main
+    gradient, its tangent is ``D``: no second forward)."""
+    zeros = [tf.zeros_like(w) for w in weights]
+    step = virtual_step if isinstance(virtual_step, VirtualStep) else virtual_step(zeros)
+    j, direction = _validation_direction(val_fn, weights, list(weights), step)
+    with tf.GradientTape(watch_accessed_variables=False, persistent=True) as tape:
+        tape.watch(weights)
+        with tf.autodiff.ForwardAccumulator(weights, direction) as accumulator:
+            forward = forward_fn(weights, coefficients)
+    return forward, tape, j, accumulator.jvp(forward.per_example, unconnected_gradients="zero")
 
 
 def _scores_reverse_over_reverse(forward_fn, val_fn, weights, coefficients, virtual_step, from_current: bool):

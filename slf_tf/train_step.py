@@ -246,7 +246,7 @@ class TrainStep:
             main_optimizer.build(model.trainable_variables)
         if loss.needs_lookahead and settings.virtual_step == "optimizer":
             hypergrad.check_preconditioned(main_optimizer)
-        self.method = hypergrad.resolve_method(settings.method)
+        self.method = hypergrad.resolve_method(settings.method, loss.lookahead_from_current)
         self.trust_region = settings.uses_trust_region(loss)
         if loss.decision_variables and not decision_optimizer.built:
             decision_optimizer.build(loss.decision_variables)

@@ -117,7 +117,7 @@ def test_reverse_over_reverse_scores_equal_the_jvp(regularised):
         looks = [
             hypergrad.reweighted_lookahead(
                 forward, val_fn, w, c, step, weights_fn, from_current=from_current, method=method
-            )  # fmt: skip
+            )
             for method in ("exact", "jvp")
         ]
         np.testing.assert_allclose(looks[0].example_scores, looks[1].example_scores, rtol=1e-9, atol=1e-15)
@@ -244,13 +244,13 @@ def test_example_weighting_refuses_the_callback_and_an_unknown_example_loss():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[callback])
 
 
-def test_auto_method_is_exact_for_every_strategy():
+def test_auto_method_is_jvp_for_a_lookahead_at_w_and_exact_otherwise():
     model = _mlp()
-    for strategy in ("slf", "l2rw", "meta_weight_net", "joint"):
+    for strategy, method in (("slf", "exact"), ("l2rw", "jvp"), ("meta_weight_net", "exact"), ("joint", "exact")):
         step = train_step.TrainStep(
             model, slf_tf.create_loss(strategy, SPECS), keras.optimizers.SGD(0.1), keras.optimizers.SGD(1.0)
         )
-        assert step.method == "exact", strategy
+        assert step.method == method, strategy
 
 
 def test_l2rw_uniform_example_loss_weights_the_bag_mean():
