@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.label_noise = 0.0
     config.data.noise_kind = "symmetric"  # symmetric | pair
     config.data.clean_validation = True
+    # The part of the clean validation split that no training step reads: evaluations and the best checkpoint
+    # use it alone, the decision the rest (0: the whole split serves both).
+    config.data.selection_fraction = 0.0
     config.data.outlier_fraction = 0.0
     config.data.outlier_scale = 5.0
     config.data.standardize = True

@@ -106,6 +106,10 @@ class Dataset:
     noise_mask_train: np.ndarray | None = None  # True where a label/target was corrupted
     noise_requested: float = 0.0  # the probability each training label/target was corrupted with
     outputs: dict[str, str] | None = None  # multi_output: {output: "classification" | "box"}, in model order
+    # The selection split (:func:`hold_out_selection`): clean validation examples that no training step reads,
+    # for evaluations and the best checkpoint only; None: the validation split serves both.
+    x_select: np.ndarray | None = None
+    y_select: Any = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -115,8 +119,9 @@ class Dataset:
         noisy = ""
         if self.noise_mask_train is not None:  # each example is corrupted with that probability: the share varies
             noisy = f", {self.noise_mask_train.mean():.0%} of train corrupted (requested {self.noise_requested:.0%})"
+        select = "" if self.x_select is None else f", selection {len(self.x_select)}"
         return (
-            f"{self.name} ({self.task}): train {len(self.x_train)}, val {len(self.x_val)}, "
+            f"{self.name} ({self.task}): train {len(self.x_train)}, val {len(self.x_val)}{select}, "
             f"test {len(self.x_test)}, input {self.input_shape}"
             + (f", {self.num_classes} classes" if self.num_classes else "")
             + (f", outputs {self.outputs}" if self.outputs else "")
@@ -606,10 +611,43 @@ def load(
     )
 
 
+def hold_out_selection(dataset: Dataset, fraction: float) -> Dataset:
+    """Moves the last ``fraction`` of the validation split (already in random order) into the selection split.
+
+    A strategy that learns from the validation split (SLF's decision, the example-weighting peers) fits it,
+    so its score there is optimistic as a checkpoint selector; the selection split is never trained on.
+    ``fraction = 0`` returns ``dataset`` unchanged; both parts must keep at least one example.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"selection_fraction must be in [0, 1); got {fraction}.")
+    if fraction == 0:
+        return dataset
+    n = len(dataset.x_val)
+    n_select = int(round(fraction * n))
+    if not 0 < n_select < n:
+        raise ValueError(
+            f"selection_fraction={fraction} of the {n} validation examples leaves {n_select} for selection and "
+            f"{n - n_select} for training the decision; both need at least one."
+        )
+    keep, held = slice(0, n - n_select), slice(n - n_select, n)
+    return dataclasses.replace(
+        dataset,
+        x_val=dataset.x_val[keep],
+        y_val=_take(dataset.y_val, keep),
+        x_select=dataset.x_val[held],
+        y_select=_take(dataset.y_val, held),
+    )
+
+
+def _take(y: Any, part: slice) -> Any:
+    """A slice of the targets: an array, or each output's array of a dict of them."""
+    return {k: v[part] for k, v in y.items()} if isinstance(y, dict) else y[part]
+
+
 def from_config(config: Any, seed: int) -> Dataset:
-    """:func:`load` from an ml_collections ``config.data`` block."""
+    """:func:`load` from an ml_collections ``config.data`` block, then :func:`hold_out_selection`."""
     c = config
-    return load(
+    dataset = load(
         c.name,
         seed=seed,
         data_dir=c.get("data_dir", ""),
@@ -627,3 +665,4 @@ def from_config(config: Any, seed: int) -> Dataset:
         box_jitter=c.get("box_jitter", 0.0),
         copies=c.get("copies", 1),
     )
+    return hold_out_selection(dataset, c.get("selection_fraction", 0.0))

@@ -4,6 +4,7 @@ import gzip
 import os
 import struct
 
+import helpers
 import numpy as np
 import pytest
 
@@ -179,3 +180,55 @@ def test_summary_gives_the_realised_and_the_requested_noise():
     ds = data.load("digits", seed=0, label_noise=0.4)
     realised = ds.noise_mask_train.mean()
     assert f"{realised:.0%} of train corrupted (requested 40%)" in ds.summary()
+
+
+@pytest.mark.parametrize("name", ["digits", "digits_boxes"])
+def test_the_selection_split_is_the_held_out_tail_of_the_validation_split(name):
+    full = data.load(name, seed=3)
+    held = data.hold_out_selection(full, 0.25)
+    n = len(full.x_val)
+    assert len(held.x_select) == round(0.25 * n) and len(held.x_val) == n - round(0.25 * n)
+    np.testing.assert_array_equal(np.concatenate([held.x_val, held.x_select]), full.x_val)  # a partition
+    for a, b, whole in zip(*(_outputs(y) for y in (held.y_val, held.y_select, full.y_val)), strict=True):
+        np.testing.assert_array_equal(np.concatenate([a, b]), whole)
+    np.testing.assert_array_equal(held.x_train, full.x_train)
+    np.testing.assert_array_equal(held.x_test, full.x_test)
+    assert f"val {n - round(0.25 * n)}, selection {round(0.25 * n)}," in held.summary()
+    assert data.hold_out_selection(full, 0.0) is full and full.x_select is None
+
+
+def _outputs(y):
+    return [y[k] for k in sorted(y)] if isinstance(y, dict) else [y]
+
+
+def test_from_config_holds_out_the_selection_split():
+    config = helpers.config(**{"data.selection_fraction": 0.5})
+    ds = data.from_config(config.data, seed=0)
+    whole = data.from_config(helpers.config().data, seed=0)
+    assert len(ds.x_select) + len(ds.x_val) == len(whole.x_val) and len(ds.x_select) == round(0.5 * len(whole.x_val))
+
+
+@pytest.mark.parametrize(
+    "fraction,n_val,match",
+    [
+        (1.0, 100, r"selection_fraction must be in \[0, 1\); got 1.0"),
+        (-0.1, 100, r"selection_fraction must be in \[0, 1\); got -0.1"),
+        (0.001, 100, "leaves 0 for selection and 100 for training the decision; both need at least one"),
+        (0.9, 2, "leaves 2 for selection and 0 for training the decision"),
+    ],
+)
+def test_a_selection_split_that_leaves_a_part_empty_is_refused(fraction, n_val, match):
+    ds = data.load("digits", seed=0)
+    small = data.Dataset(
+        ds.name,
+        ds.task,
+        ds.x_train,
+        ds.y_train,
+        ds.x_val[:n_val],
+        ds.y_val[:n_val],
+        ds.x_test,
+        ds.y_test,
+        ds.num_classes,
+    )
+    with pytest.raises(ValueError, match=match):
+        data.hold_out_selection(small, fraction)

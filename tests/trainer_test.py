@@ -1,6 +1,7 @@
 """End-to-end tests of the trainer: files, TensorBoard tags, tracing, export, strategies, resume, bad input."""
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -265,6 +266,21 @@ def test_best_checkpoint_is_kept_exported_and_reported(finished_run):
     accuracy = float(np.mean(np.argmax(exported.predict(x, verbose=0), -1) == y))
     assert accuracy == pytest.approx(best["test"]["accuracy"], abs=1e-6)
     assert json.load(open(os.path.join(workdir, "results.json")))["best"] == best
+
+
+def test_a_selection_split_scores_the_checkpoints_and_never_feeds_the_decision(tmp_path):
+    trainer = Trainer(_config(**{"data.selection_fraction": 0.5}), str(tmp_path))
+    d = trainer.data
+    selected = {r.tobytes() for r in d.x_select}
+    assert len(d.x_select) == len(d.x_val) and not any(r.tobytes() in selected for r in d.x_val)
+    fed = np.concatenate([x_val.numpy() for _, _, _, x_val, _ in itertools.islice(trainer._iterator(0), 20)])
+    assert not any(r.tobytes() in selected for r in fed)  # the decision's batches come from the other half
+    best = trainer.run()["best"]
+    exported = keras.models.load_model(os.path.join(str(tmp_path), "export", "best", "model.keras"))
+    logits = exported.predict(d.x_select, verbose=0)
+    assert best["val"]["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1) == d.y_select)), abs=1e-6)
+    cross_entropy = keras.losses.sparse_categorical_crossentropy(d.y_select, logits, from_logits=True)
+    assert best["val"]["loss"] == pytest.approx(float(np.mean(cross_entropy)), rel=1e-4)
 
 
 def test_early_stopping_stops_and_a_rerun_does_not_resume(tmp_path):

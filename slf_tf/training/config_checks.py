@@ -43,6 +43,7 @@ NUMBERS: dict[str, tuple[bool, float, float, bool, bool]] = {
     "early_stopping_patience": (True, 0, INF, True, False),
     "data.val_fraction": (False, 0, 1, False, False),
     "data.test_fraction": (False, 0, 1, True, False),
+    "data.selection_fraction": (False, 0, 1, True, False),
     "data.max_train_examples": (True, 0, INF, True, False),
     "data.label_noise": (False, 0, 1, True, False),
     "data.outlier_fraction": (False, 0, 1, True, False),

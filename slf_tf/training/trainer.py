@@ -228,8 +228,16 @@ class Trainer:
         return {"loss": tf.reduce_sum(self.loss.validation_loss(y, pred)), **sums}
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Mean validation-objective loss and accuracy (or MAE/MSE; ``<output>/<metric>`` per output) over a split."""
-        x, y = getattr(self.data, f"x_{split}"), getattr(self.data, f"y_{split}")
+        """Mean validation-objective loss and accuracy (or MAE/MSE; ``<output>/<metric>`` per output) over a split.
+
+        ``val`` is the selection split where ``data.selection_fraction`` holds one out (the part of the clean
+        split no training step reads), else the whole validation split.
+        """
+        d = self.data
+        if split == "val" and d.x_select is not None:
+            x, y = d.x_select, d.y_select
+        else:
+            x, y = getattr(d, f"x_{split}"), getattr(d, f"y_{split}")
         totals: dict[str, float] = {}
         for i in range(0, len(x), 512):
             batch = tf.nest.map_structure(lambda a, i=i: a[i : i + 512], y)
