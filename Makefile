@@ -36,8 +36,8 @@ format: $(STAMP)
 
 # Benchmarks print a table and write JSON + Markdown to benchmarks/results/.
 # `make bench` is the fast subset (< 10 min on 2 cores); `make bench-full` runs everything (many hours:
-# the 20k-image CNN settings take ~1.5 hours per seed each, ResNet-20 (fmnist_resnet20_pair40) about as long;
-# run them in parts with `python -m benchmarks.quality --settings fmnist_cnn_pair40`; add MNIST_DIR=/path/to/mnist-idx for MNIST).
+# the 20k-image CNN settings take ~1.5 hours per seed each; run them in parts with
+# `python -m benchmarks.quality --settings fmnist_cnn_pair40`; add MNIST_DIR=/path/to/mnist-idx for MNIST).
 MNIST_DIR ?=
 
 bench: $(STAMP)

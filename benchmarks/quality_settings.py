@@ -150,14 +150,6 @@ def _fmnist_pair40(_):
     return _cnn_20k("fashion_mnist", "", 0.4, "pair")
 
 
-@_setting("fmnist_resnet20_pair40", noisy=True, peers_only=True)
-def _fmnist_resnet20_pair40(_):
-    """Fashion-MNIST pair-flip with ResNet-20 (He et al. 2016), the small CNN replaced by a standard deep network."""
-    c = _cnn_20k("fashion_mnist", "", 0.4, "pair")
-    c.model.name = "resnet20"
-    return c
-
-
 @_setting("mnist_cnn_pair40", noisy=True, mnist=True, peers_only=True)
 def _mnist_cnn_pair40(mnist_dir):
     return _cnn_20k("mnist", mnist_dir, 0.4, "pair")
