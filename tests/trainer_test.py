@@ -140,13 +140,19 @@ def test_mirrored_runs_of_different_models_in_one_process(tmp_path):
     assert np.isfinite(second.run()["test"]["loss"])
 
 
-def _run_trainer(workdir, *overrides, check=True, kill_at_step=None):
+def _trainer_command(workdir, *overrides, kill_at_step=None):
+    """The trainer's command line and environment (``kill_at_step``: SIGKILL right after that step's checkpoint)."""
     program = ["-m", "trainers.classify"] if kill_at_step is None else [os.path.join(REPO, "tests", "kill_at_step.py")]
     cmd = [sys.executable, *program, "--config=configs/test.py", f"--workdir={workdir}"]
     cmd += [f"--config.{o}" for o in overrides]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
     if kill_at_step is not None:
         env["SLF_TEST_KILL_AT_STEP"] = str(kill_at_step)
+    return cmd, env
+
+
+def _run_trainer(workdir, *overrides, check=True, kill_at_step=None):
+    cmd, env = _trainer_command(workdir, *overrides, kill_at_step=kill_at_step)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"trainer failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -178,8 +184,14 @@ def _saved_weights(workdir):
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    _run_trainer(straight, "deterministic=True")
-    killed = _run_trainer(resumed, "deterministic=True", check=False, kill_at_step=10)
+    done, killed = helpers.run_side_by_side(
+        [
+            _trainer_command(straight, "deterministic=True"),
+            _trainer_command(resumed, "deterministic=True", kill_at_step=10),
+        ],
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
     assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL
     assert os.path.exists(os.path.join(resumed, "checkpoints", "ckpt-10.index"))
     assert not os.path.exists(os.path.join(resumed, "export"))
