@@ -110,7 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
     # auto (exact; jvp for l2rw, meta_weight_net, joint) | exact (nested tapes) | jvp (forward mode) | finite_difference
     config.decision.method = "auto"
     config.decision.optimizer = "adam"
-    config.decision.learning_rate = 0.0  # 0: the strategy's own (0.02; meta_weight_net 1e-3, its paper's)
+    # 0: the strategy's own (0.02, over hidden_units + 1 for the state network; meta_weight_net 1e-3, its paper's)
+    config.decision.learning_rate = 0.0
     config.decision.entropy_weight = 0.0
     config.decision.val_batch_size = 128
     config.decision.fd_epsilon = 1e-3

@@ -82,7 +82,7 @@ class DecisionUpdate(keras.callbacks.Callback):
         draw training batches from (cycled); usually fit's training data.
       val_data: a clean, held-out split (never the test set): ``(x, y)`` or a dataset.
       optimizer: the decision optimizer, a Keras optimizer or its name (default Adam; a name or the
-        default gets the strategy's decision learning rate, 0.02 for SLF).
+        default gets the strategy's decision learning rate, 0.02 for SLF with a static decision network).
       every_n_batches: update every n training batches (amortises the cost).
       loss: optional; if given it must be the loss the model was compiled with.
       **settings: :class:`slf_tf.train_step.DecisionSettings` fields (``lookahead_lr``,

@@ -16,7 +16,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["DecisionNetwork", "KINDS", "create_decision_network", "feature_size"]
+__all__ = ["DecisionNetwork", "KINDS", "create_decision_network", "feature_size", "learning_rate_scale"]
 
 KINDS = ("static", "state")
 MAX_WIDTH = 2**16  # a wider state network is a typo or a hostile file, not a decision network
@@ -25,6 +25,17 @@ MAX_WIDTH = 2**16  # a wider state network is a typo or a hostile file, not a de
 def feature_size(num_losses: int) -> int:
     """``[progress, running log L_1..N, running validation loss]``."""
     return num_losses + 2
+
+
+def learning_rate_scale(kind: str, hidden_units: int) -> float:
+    """The factor on a strategy's decision learning rate that makes a logit move no faster than a free one.
+
+    Adam moves every weight by about the learning rate per step. A ``static`` logit is one weight; a
+    ``state`` logit is the sum of ``hidden_units`` kernel entries times activations in (-1, 1) plus a bias,
+    so the same rate moves it up to ``hidden_units + 1`` times as far, and the choice saturates within a
+    few hundred steps (measured: docs/design.md, "The state network's learning rate").
+    """
+    return 1.0 if kind == "static" else 1.0 / (hidden_units + 1)
 
 
 @keras.saving.register_keras_serializable(package="slf_tf")

@@ -101,7 +101,8 @@ class SLFModel(keras.Model):
       validation_data: the clean held-out split the decision network learns from:
         ``(x, y)`` arrays or a finite dataset of ``(x, y)`` batches.
       decision_optimizer: a Keras optimizer or its name (default Adam at the strategy's decision learning
-        rate: 0.02 for SLF, 1e-3 for meta_weight_net).
+        rate: 0.02 for SLF, over ``hidden_units + 1`` with a ``state`` decision network; 1e-3 for
+        meta_weight_net).
       val_batch_size: validation examples per decision update (global; drawn from
         ``(seed, step)``, so a resumed run draws the same ones).
       **settings: :class:`slf_tf.train_step.DecisionSettings` fields: ``every``,

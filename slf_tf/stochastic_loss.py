@@ -489,6 +489,9 @@ class StochasticLoss(CombinedLoss):
         self.decision_network = decision_lib.create_decision_network(
             decision_network, self.num_losses, hidden_units=self.hidden_units, name=f"{self.name}_decision"
         )
+        self.decision_learning_rate = type(self).decision_learning_rate * decision_lib.learning_rate_scale(
+            decision_network, self.hidden_units
+        )
         if type(self) is StochasticLoss and self.k == "inf":
             self.strategy = "softmax"
 

@@ -257,3 +257,21 @@ def test_compile_fit_with_decision_update_saves_and_reloads(tmp_path):
     reloaded = keras.models.load_model(path)
     np.testing.assert_allclose(reloaded.predict(x[1300:], verbose=0), model.predict(x[1300:], verbose=0), rtol=1e-6)
     assert isinstance(reloaded.loss, slf_tf.StochasticLoss) and reloaded.loss.names == loss.names
+
+
+@pytest.mark.parametrize("kind", ["static", "state"])
+def test_a_decision_step_at_the_default_rate_moves_no_logit_further_than_a_free_one(kind):
+    """Adam moves each weight by about its rate; a state logit sums hidden_units + 1 of them (saturated
+    activations here), so the strategy's default rate is divided by that: one step moves it <= 0.02."""
+    loss = slf_tf.StochasticLoss(BAG, decision_network=kind, hidden_units=32)
+    optimizer = keras.optimizers.Adam(loss.decision_learning_rate)
+    features = tf.fill([len(BAG) + 2], 5.0)  # tanh(5 x ...) saturates: |activations| near 1
+    before = loss.decision_network(features)[0].numpy()
+    with tf.GradientTape() as tape:
+        alpha, _ = loss.decision_network(features)
+        objective = tf.reduce_sum(alpha)  # every logit pushed one way: the largest move of one step
+    variables = loss.decision_variables
+    optimizer.apply_gradients(zip(tape.gradient(objective, variables), variables, strict=True))
+    moved = np.abs(loss.decision_network(features)[0].numpy() - before)
+    assert np.all(moved <= 0.02 * 1.001) and np.all(moved >= 0.02 * 0.5), moved
+    assert loss.decision_learning_rate == pytest.approx(0.02 if kind == "static" else 0.02 / 33)
