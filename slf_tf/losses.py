@@ -297,6 +297,11 @@ def _bce_terms(t):
     return -(t.y * t.log_p + (1.0 - t.y) * t.log_1mp)
 
 
+def _p_target(t: Prepared) -> tf.Tensor:
+    """The probability the output gives the target: ``y p + (1 - y) (1 - p)`` (soft targets too)."""
+    return t.y * t.p + (1.0 - t.y) * (1.0 - t.p)
+
+
 @register("bce", "binary")
 def _bce(t):
     return _bce_terms(t)
@@ -304,14 +309,31 @@ def _bce(t):
 
 @register("focal_bce", "binary", gamma=(2.0, _nonneg, ">= 0"))
 def _focal_bce(t, gamma):
-    p_t = t.y * t.p + (1.0 - t.y) * (1.0 - t.p)
-    return tf.pow(tf.maximum(1.0 - p_t, _EPS), gamma) * _bce_terms(t)
+    return tf.pow(tf.maximum(1.0 - _p_target(t), _EPS), gamma) * _bce_terms(t)
 
 
 @register("binary_hinge", "binary")
 def _binary_hinge(t):
     """``max(0, 1 - (2y - 1) s)`` on the score (logit, or probability - 0.5 when given probabilities)."""
     return tf.nn.relu(1.0 - (2.0 * t.y - 1.0) * t.scores)
+
+
+@register("mae", "binary")
+def _mae_binary(t):
+    """``|y - p|`` on the probability: bounded, so robust to flipped targets (Ghosh et al. 2017).
+
+    Keras' ``MeanAbsoluteError`` on ``sigmoid(logit)``; half the two-class ``mae`` of the classification task.
+    """
+    return tf.abs(t.y - t.p)
+
+
+@register("gce", "binary", q=(0.7, lambda q: 0 < q <= 1, "in (0, 1]"))
+def _gce_binary(t, q):
+    """Generalized cross-entropy (Zhang & Sabuncu 2018) on a sigmoid output: ``(1 - p_t^q) / q``.
+
+    Equal to the classification ``gce`` on the two logits ``[0, logit]``; ``q -> 0`` is ``bce``, ``q = 1`` is ``mae``.
+    """
+    return (1.0 - tf.pow(_p_target(t) + _EPS, q)) / q
 
 
 # --------------------------------------------------------------------------- #

@@ -76,6 +76,28 @@ def test_binary_values():
     np.testing.assert_allclose(
         losses.get("bce", task="binary", from_logits=False)(y[:, None], p[:, None]), bce, rtol=1e-5
     )
+    np.testing.assert_allclose(losses.get("mae", task="binary")(y, z), np.abs(y - p), rtol=1e-6)
+    np.testing.assert_allclose(losses.get("gce(q=0.5)", task="binary")(y, z), (1 - p_t**0.5) / 0.5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["gce(q=0.7)", "gce(q=1.0)", "focal_bce(gamma=2.0)"])
+def test_binary_robust_losses_equal_the_two_class_ones(spec):
+    """A sigmoid logit s is the two-class softmax on [0, s]: the binary form of a loss must agree with it."""
+    rng = np.random.default_rng(1)
+    s, y = rng.normal(size=64) * 3, rng.integers(0, 2, size=64)
+    two_class = np.stack([np.zeros_like(s), s], axis=-1)
+    classification_spec = spec.replace("focal_bce", "focal")
+    expected = losses.get(classification_spec)(y, two_class)
+    np.testing.assert_allclose(losses.get(spec, task="binary")(y.astype(float), s), expected, rtol=1e-5, atol=1e-6)
+    # and mae is half the two-class mae (which sums |p - y| over both classes)
+    np.testing.assert_allclose(
+        2 * losses.get("mae", task="binary")(y.astype(float), s), losses.get("mae")(y, two_class), rtol=1e-5
+    )
+
+
+def _on_probabilities(keras_loss):
+    """A Keras loss of probabilities, called on logits (Keras' MeanAbsoluteError has no ``from_logits``)."""
+    return lambda y_true, logits: keras_loss(y_true, tf.sigmoid(logits))
 
 
 @pytest.mark.parametrize(
@@ -88,6 +110,7 @@ def test_binary_values():
         ("huber(delta=0.7)", "regression", lambda **kw: keras.losses.Huber(delta=0.7, **kw), None),
         ("log_cosh", "regression", keras.losses.LogCosh, None),
         ("bce", "binary", keras.losses.BinaryCrossentropy, True),
+        ("mae", "binary", lambda from_logits, **kw: _on_probabilities(keras.losses.MeanAbsoluteError(**kw)), True),
     ],
 )
 def test_matches_keras(spec, task, keras_loss, from_logits):

@@ -1,0 +1,135 @@
+"""Noisy labels on a sigmoid output: SLF's binary bag with and without its robust candidates.
+
+A single-logit classifier is what most binary models are, and its bag was ``bce``, ``focal_bce`` and
+``binary_hinge``: nothing bounded, so nothing for SLF to pick under label noise. This runs the Keras path
+(``SLFModel.fit`` with the ``Restart`` callback, as a user would) on breast cancer with flipped training
+labels and a clean validation split, under the fair protocol of ``benchmarks/quality.py``: every run scored
+at its best clean-validation epoch, the sweep picking the fixed loss with the best validation score.
+
+    python -m benchmarks.binary_noise --seeds 5 --noise 0.2,0.3,0.4 --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+from absl import app, flags
+
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per (noise, row), from --first_seed.")
+_FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first seed.")
+_NOISE = flags.DEFINE_list("noise", ["0.2", "0.3", "0.4"], "Fractions of training labels flipped.")
+_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of 64 (the quality benchmark's breast cancer budget).")
+_OUT = flags.DEFINE_string("out", "", "Directory for binary_noise.md and .json (none: print only).")
+
+ROBUST = ("mae", "gce(q=0.7)")
+BAG_BEFORE = ("bce", "focal_bce(gamma=2.0)", "binary_hinge")
+BAG = BAG_BEFORE + ROBUST
+BATCH = 64
+
+
+def _dataset(noise: float, seed: int):
+    """The quality benchmark's breast cancer split at ``noise``, labels as float targets of one output."""
+    from benchmarks import quality_settings
+    from slf_tf import data as data_lib
+
+    config = quality_settings.SETTINGS["breast_cancer_sym30"][0]("")
+    config.data.label_noise = noise
+    d = data_lib.from_config(config.data, seed)
+    as_target = lambda y: y.astype("float32")[:, None]  # noqa: E731
+    return d.x_train, as_target(d.y_train), d.x_val, as_target(d.y_val), d.x_test, as_target(d.y_test)
+
+
+def run_once(row: str, noise: float, seed: int, steps: int = 1000) -> dict:
+    """One fit; the test accuracy at the best validation epoch (first best), and SLF's final choice."""
+    import keras
+    import numpy as np
+
+    import slf_tf
+
+    x, y, x_val, y_val, x_test, y_test = _dataset(noise, seed)
+    keras.utils.set_random_seed(seed)
+    network = keras.Sequential(
+        [keras.Input(x.shape[1:]), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(32, activation="relu"),
+         keras.layers.Dense(1)]
+    )  # fmt: skip
+    if row.startswith("fixed:"):
+        loss = slf_tf.create_loss("fixed", [row[6:]], task="binary", seed=seed)
+    else:
+        bag = BAG if row == "slf" else BAG_BEFORE
+        loss = slf_tf.StochasticLoss(
+            list(bag), task="binary", seed=seed, temperature=slf_tf.schedules.ExponentialAnneal(2.0, 2e-3, 0.5)
+        )
+    model = slf_tf.SLFModel(network, validation_data=(x_val, y_val))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    accuracy = lambda xs, ys: float(np.mean((network(xs).numpy() > 0) == (ys > 0.5)))  # noqa: E731
+    scores: list[tuple[float, float]] = []
+    record = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: scores.append((accuracy(x_val, y_val), accuracy(x_test, y_test)))
+    )
+    per_epoch = -(-len(x) // BATCH)
+    callbacks = [record] + ([] if row.startswith("fixed:") else [slf_tf.callbacks.Restart(0.4, seed=seed)])
+    model.fit(x, y, batch_size=BATCH, epochs=max(1, steps // per_epoch), shuffle=True, verbose=0,
+              callbacks=callbacks)  # fmt: skip
+    best = max(range(len(scores)), key=lambda i: (scores[i][0], -i))
+    result = {"row": row, "noise": noise, "seed": seed, "val": scores[best][0], "test": scores[best][1]}
+    if not row.startswith("fixed:"):
+        p = loss.selection_probabilities()
+        result["choice"] = {name: round(float(v), 3) for name, v in zip(loss.bag.names, np.asarray(p), strict=True)}
+    return result
+
+
+def _rows() -> list[str]:
+    return [f"fixed:{name}" for name in BAG] + ["slf_before", "slf"]
+
+
+def summarise(results: list[dict]) -> tuple[str, dict]:
+    """Per noise: each row's median test accuracy, the validation-selected sweep, SLF - sweep per seed."""
+    lines = ["| flipped | " + " | ".join(_rows()) + " | sweep | SLF − sweep (per seed) | SLF's top candidate |",
+             "|---" * (len(_rows()) + 4) + "|"]  # fmt: skip
+    payload = {}
+    for noise in sorted({r["noise"] for r in results}):
+        at = [r for r in results if r["noise"] == noise]
+        seeds = sorted({r["seed"] for r in at})
+        by = {(r["row"], r["seed"]): r for r in at}
+        sweep = {}
+        for s in seeds:
+            fixed = [by[(f"fixed:{n}", s)] for n in BAG if (f"fixed:{n}", s) in by]
+            sweep[s] = max(fixed, key=lambda r: r["val"])["test"] if fixed else float("nan")
+        median = {row: statistics.median(by[(row, s)]["test"] for s in seeds if (row, s) in by) for row in _rows()
+                  if any((row, s) in by for s in seeds)}  # fmt: skip
+        gaps = [by[("slf", s)]["test"] - sweep[s] for s in seeds if ("slf", s) in by]
+        tops = [max(by[("slf", s)]["choice"].items(), key=lambda kv: kv[1])[0] for s in seeds if ("slf", s) in by]
+        cells = [f"{100 * median[row]:.2f}" if row in median else "" for row in _rows()]
+        lines.append(
+            f"| {noise:.0%} | " + " | ".join(cells) + f" | {100 * statistics.median(sweep.values()):.2f} | "
+            + ", ".join(f"{100 * g:+.1f}" for g in gaps) + " | " + ", ".join(tops) + " |"
+        )  # fmt: skip
+        payload[str(noise)] = {"median_test": median, "sweep_per_seed": sweep, "slf_minus_sweep": gaps,
+                               "slf_top": tops}  # fmt: skip
+    return "\n".join(lines), payload
+
+
+def main(argv):
+    del argv
+    results = []
+    start = time.time()
+    seeds = range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value)
+    jobs = [(row, float(n), s) for n in _NOISE.value for s in seeds for row in _rows()]
+    for i, (row, noise, seed) in enumerate(jobs):
+        results.append(run_once(row, noise, seed, _STEPS.value))
+        print(f"[{i + 1}/{len(jobs)}, {time.time() - start:.0f} s] {json.dumps(results[-1])}", flush=True)
+    table, payload = summarise(results)
+    print(table)
+    if _OUT.value:
+        os.makedirs(_OUT.value, exist_ok=True)
+        with open(os.path.join(_OUT.value, "binary_noise.md"), "w") as f:
+            f.write(table + "\n")
+        with open(os.path.join(_OUT.value, "binary_noise.json"), "w") as f:
+            json.dump({"results": results, "summary": payload}, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
