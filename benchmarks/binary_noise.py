@@ -18,12 +18,6 @@ import time
 
 from absl import app, flags
 
-_SEEDS = flags.DEFINE_integer("seeds", 5, "Seeds per (noise, row), from --first_seed.")
-_FIRST_SEED = flags.DEFINE_integer("first_seed", 0, "The first seed.")
-_NOISE = flags.DEFINE_list("noise", ["0.2", "0.3", "0.4"], "Fractions of training labels flipped.")
-_STEPS = flags.DEFINE_integer("steps", 1000, "Training steps of 64 (the quality benchmark's breast cancer budget).")
-_OUT = flags.DEFINE_string("out", "", "Directory for binary_noise.md and .json (none: print only).")
-
 ROBUST = ("mae", "gce(q=0.7)")
 BAG_BEFORE = ("bce", "focal_bce(gamma=2.0)", "binary_hinge")
 BAG = BAG_BEFORE + ROBUST
@@ -112,24 +106,37 @@ def summarise(results: list[dict]) -> tuple[str, dict]:
     return "\n".join(lines), payload
 
 
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Defined only when run as a script, so tests can import this module beside ``benchmarks.quality``."""
+    flags.DEFINE_integer("seeds", 5, "Seeds per (noise, row), from --first_seed.")
+    flags.DEFINE_integer("first_seed", 0, "The first seed.")
+    flags.DEFINE_list("noise", ["0.2", "0.3", "0.4"], "Fractions of training labels flipped.")
+    flags.DEFINE_integer("steps", 1000, "Training steps of 64 (the quality benchmark's breast cancer budget).")
+    flags.DEFINE_string("out", "", "Directory for binary_noise.md and .json (none: print only).")
+
+
 def main(argv):
     del argv
     results = []
     start = time.time()
-    seeds = range(_FIRST_SEED.value, _FIRST_SEED.value + _SEEDS.value)
-    jobs = [(row, float(n), s) for n in _NOISE.value for s in seeds for row in _rows()]
+    seeds = range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds)
+    jobs = [(row, float(n), s) for n in FLAGS.noise for s in seeds for row in _rows()]
     for i, (row, noise, seed) in enumerate(jobs):
-        results.append(run_once(row, noise, seed, _STEPS.value))
+        results.append(run_once(row, noise, seed, FLAGS.steps))
         print(f"[{i + 1}/{len(jobs)}, {time.time() - start:.0f} s] {json.dumps(results[-1])}", flush=True)
     table, payload = summarise(results)
     print(table)
-    if _OUT.value:
-        os.makedirs(_OUT.value, exist_ok=True)
-        with open(os.path.join(_OUT.value, "binary_noise.md"), "w") as f:
+    if FLAGS.out:
+        os.makedirs(FLAGS.out, exist_ok=True)
+        with open(os.path.join(FLAGS.out, "binary_noise.md"), "w") as f:
             f.write(table + "\n")
-        with open(os.path.join(_OUT.value, "binary_noise.json"), "w") as f:
+        with open(os.path.join(FLAGS.out, "binary_noise.json"), "w") as f:
             json.dump({"results": results, "summary": payload}, f, indent=1)
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -98,3 +98,30 @@ def test_a_setting_with_two_outputs_sweeps_every_pair_and_scores_by_the_mean_of_
     assert best["slf"] == pytest.approx([61.0, 58.0])
     assert "paired vs fixed:cross_entropy+mse" in text and "test score %" in text
     assert "SLF >= sweep - 1 point (paired -1.50" in text
+
+
+def test_binary_noise_summary_selects_the_sweep_on_validation_per_seed():
+    from benchmarks import binary_noise
+
+    def run(row, seed, val, test, top=None):
+        r = {"row": row, "noise": 0.3, "seed": seed, "val": val, "test": test}
+        if top:
+            r["choice"] = {name: float(name == top) for name in binary_noise.BAG}
+        return r
+
+    results = [
+        run("fixed:bce", 0, val=0.90, test=0.80),
+        run("fixed:mae", 0, val=0.95, test=0.93),  # the sweep's pick on seed 0: best validation, not best test
+        run("fixed:gce(q=0.7)", 0, val=0.94, test=0.99),
+        run("slf", 0, val=0.96, test=0.95, top="mae"),
+        run("fixed:bce", 1, val=0.97, test=0.90),  # on seed 1
+        run("fixed:mae", 1, val=0.91, test=0.96),
+        run("slf", 1, val=0.93, test=0.89, top="gce(q=0.7)"),
+    ]
+    table, payload = binary_noise.summarise(results)
+    summary = payload["0.3"]
+    assert summary["sweep_per_seed"] == {0: 0.93, 1: 0.90}
+    assert summary["slf_minus_sweep"] == pytest.approx([0.02, -0.01])
+    assert summary["slf_top"] == ["mae", "gce(q=0.7)"]
+    assert summary["median_test"]["fixed:bce"] == pytest.approx(0.85)
+    assert "| 30% |" in table and "+2.0, -1.0" in table
