@@ -6,7 +6,7 @@ A single-logit classifier is what most binary models are, and its bag was ``bce`
 labels and a clean validation split, under the fair protocol of ``benchmarks/quality.py``: every run scored
 at its best clean-validation epoch, the sweep picking the fixed loss with the best validation score.
 
-    python -m benchmarks.binary_noise --seeds 5 --noise 0.2,0.3,0.4   # 105 fits, ~25 minutes on 2 cores
+    python -m benchmarks.binary_noise --seeds 5 --noise 0.2,0.3,0.4 --dataset breast_cancer  # 105 fits, ~25 min
 """
 
 from __future__ import annotations
@@ -25,31 +25,52 @@ BAG = BAG_WITHOUT_ROBUST + ROBUST
 BATCH = 64
 
 
-def _dataset(noise: float, seed: int):
-    """The quality benchmark's breast cancer split at ``noise``, labels as float targets of one output."""
+# dataset -> (the main network's hidden units, training steps of 64): the quality benchmark's for that data.
+DATASETS = {"breast_cancer": ((64, 32), 1000), "digits_lt5": ((128, 64), 1500)}
+
+
+def _dataset(name: str, noise: float, seed: int):
+    """Train / clean validation / test arrays, labels as float targets of one output.
+
+    ``breast_cancer``: the quality benchmark's split with its label noise (for two classes, a flip).
+    ``digits_lt5``: digits' clean split, the label "digit < 5", a fraction ``noise`` of training labels flipped.
+    """
+    import numpy as np
+
     from benchmarks import quality_settings
     from slf_tf import data as data_lib
 
-    config = quality_settings.SETTINGS["breast_cancer_sym30"][0]("")
-    config.data.label_noise = noise
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; known: {sorted(DATASETS)}.")
+    setting = "breast_cancer_sym30" if name == "breast_cancer" else "digits_clean"
+    config = quality_settings.SETTINGS[setting][0]("")
+    config.data.label_noise = noise if name == "breast_cancer" else 0.0
     d = data_lib.from_config(config.data, seed)
-    as_target = lambda y: y.astype("float32")[:, None]  # noqa: E731
-    return d.x_train, as_target(d.y_train), d.x_val, as_target(d.y_val), d.x_test, as_target(d.y_test)
+    ys = [d.y_train, d.y_val, d.y_test]
+    if name == "digits_lt5":
+        ys = [(y < 5).astype(np.int32) for y in ys]
+        ys[0] = data_lib.noisy_labels(ys[0], 2, noise, "symmetric", np.random.default_rng([seed, 2]))[0]
+    y_train, y_val, y_test = (y.astype("float32")[:, None] for y in ys)
+    return d.x_train, y_train, d.x_val, y_val, d.x_test, y_test
 
 
-def run_once(row: str, noise: float, seed: int, steps: int = 1000) -> dict:
-    """One fit; the test accuracy at the best validation epoch (first best), and SLF's final choice."""
+def run_once(row: str, noise: float, seed: int, dataset: str = "breast_cancer", steps: int = 0) -> dict:
+    """One fit; the test accuracy at the best validation epoch (first best), and SLF's final choice.
+
+    ``steps`` 0: the dataset's budget (``DATASETS``).
+    """
     import keras
     import numpy as np
 
     import slf_tf
 
-    x, y, x_val, y_val, x_test, y_test = _dataset(noise, seed)
+    x, y, x_val, y_val, x_test, y_test = _dataset(dataset, noise, seed)
+    hidden, budget = DATASETS[dataset]
+    steps = steps or budget
     keras.utils.set_random_seed(seed)
     network = keras.Sequential(
-        [keras.Input(x.shape[1:]), keras.layers.Dense(64, activation="relu"), keras.layers.Dense(32, activation="relu"),
-         keras.layers.Dense(1)]
-    )  # fmt: skip
+        [keras.Input(x.shape[1:]), *(keras.layers.Dense(n, activation="relu") for n in hidden), keras.layers.Dense(1)]
+    )
     if row.startswith("fixed:"):
         loss = slf_tf.create_loss("fixed", [row[6:]], task="binary", seed=seed)
     else:
@@ -69,7 +90,8 @@ def run_once(row: str, noise: float, seed: int, steps: int = 1000) -> dict:
     model.fit(x, y, batch_size=BATCH, epochs=max(1, steps // per_epoch), shuffle=True, verbose=0,
               callbacks=callbacks)  # fmt: skip
     best = max(range(len(scores)), key=lambda i: (scores[i][0], -i))
-    result = {"row": row, "noise": noise, "seed": seed, "val": scores[best][0], "test": scores[best][1]}
+    result = {"dataset": dataset, "row": row, "noise": noise, "seed": seed, "val": scores[best][0],
+              "test": scores[best][1]}  # fmt: skip
     if not row.startswith("fixed:"):
         p = loss.selection_probabilities()
         result["choice"] = {name: round(float(v), 3) for name, v in zip(loss.bag.names, np.asarray(p), strict=True)}
@@ -115,8 +137,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("seeds", 5, "Seeds per (noise, row), from --first_seed.")
     flags.DEFINE_integer("first_seed", 0, "The first seed.")
     flags.DEFINE_list("noise", ["0.2", "0.3", "0.4"], "Fractions of training labels flipped.")
-    flags.DEFINE_integer("steps", 1000, "Training steps of 64 (the quality benchmark's breast cancer budget).")
-    flags.DEFINE_string("out", "benchmarks/results", "Where binary_noise.md / .json go.")
+    flags.DEFINE_enum("dataset", "breast_cancer", sorted(DATASETS), "The data (see _dataset).")
+    flags.DEFINE_integer("steps", 0, "Training steps of 64 (0: the quality benchmark's budget for the data).")
+    flags.DEFINE_string("out", "benchmarks/results", "Where binary_noise_<dataset>.md / .json go.")
 
 
 def main(argv):
@@ -126,11 +149,11 @@ def main(argv):
     seeds = range(FLAGS.first_seed, FLAGS.first_seed + FLAGS.seeds)
     jobs = [(row, float(n), s) for n in FLAGS.noise for s in seeds for row in _rows()]
     for i, (row, noise, seed) in enumerate(jobs):
-        results.append(run_once(row, noise, seed, FLAGS.steps))
+        results.append(run_once(row, noise, seed, FLAGS.dataset, FLAGS.steps))
         print(f"[{i + 1}/{len(jobs)}, {time.time() - start:.0f} s] {json.dumps(results[-1])}", flush=True)
     table, payload = summarise(results)
     print(table)
-    harness.write_results(FLAGS.out, "binary_noise", table, {"results": results, "summary": payload})
+    harness.write_results(FLAGS.out, f"binary_noise_{FLAGS.dataset}", table, {"results": results, "summary": payload})
 
 
 if __name__ == "__main__":
