@@ -52,7 +52,8 @@ bench-full: $(STAMP)
 	$(PY) -m benchmarks.quality --seeds 5 --workers 2 --mnist_dir "$(MNIST_DIR)" \
 		--variants "slf_no_tr:decision.trust_region=False"
 	$(PY) -m benchmarks.commitment
-	$(PY) -m benchmarks.binary_noise --seeds 5
+	$(PY) -m benchmarks.binary_noise --seeds 5 --dataset breast_cancer
+	$(PY) -m benchmarks.binary_noise --seeds 5 --dataset digits_lt5
 	$(PY) -m benchmarks.pair_noise --settings digits_pair40 --seeds 10,11 \
 		--variants "val256:decision.val_batch_size=256;joint:loss.strategy=joint"
 
