@@ -17,6 +17,7 @@ from slf_tf import (
     schedules,
     selection,
     train_step,
+    transition,
 )
 from slf_tf.example_weighting import JointLoss, L2RWLoss, MetaWeightNetLoss
 from slf_tf.gumbel import (
@@ -72,6 +73,7 @@ __all__ = [
     "metrics",
     "selection",
     "train_step",
+    "transition",
     "GumbelSoftmax",
     "estimators",
     "gumbel_cdf",

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from slf_tf import transition as transition_lib
 from slf_tf.checks import check_finite_validation, warn_if_diverged, warn_if_same_data
 from slf_tf.keras_views import CompactProgbar, SLFTensorBoard
 from slf_tf.stochastic_loss import CombinedLoss
@@ -228,6 +229,7 @@ class Restart(keras.callbacks.Callback):
         learned = loss.needs_lookahead and bool(loss.decision_variables)
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         if learned and steps and epochs and self.restarted_at == -1:
+            self._at = round(self.fraction * steps * epochs)
             if self.fraction * epochs < self.min_epochs:
                 self.restarted_at = -2
                 warnings.warn(
@@ -236,11 +238,11 @@ class Restart(keras.callbacks.Callback):
                     "Restart(min_epochs=0) restarts anyway.",
                     stacklevel=2,
                 )
-            else:
-                self._at = round(self.fraction * steps * epochs)
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._at is not None and self._step == self._at:
+            self._estimate_transition()
+        if self._at is not None and self._step == self._at and self.restarted_at == -1:
             network = self.model.network
             keras.utils.set_random_seed(self.seed + 1)
             fresh = keras.models.clone_model(network)
@@ -250,5 +252,16 @@ class Restart(keras.callbacks.Callback):
             for variable in optimizer.variables:  # iterations and moments; not the learning rate
                 if variable is not getattr(optimizer, "_learning_rate", None):
                     variable.assign(tf.zeros_like(variable))
-            self.restarted_at, self._at = self._step, None
+            self.restarted_at = self._step
         self._step += 1
+
+    def _estimate_transition(self) -> None:
+        """The ``forward`` candidate's noise matrix from the network before the restart, on the clean split
+        (``slf_tf.transition``); also when the restart itself is skipped."""
+        loss = self.model.slf_loss
+        if getattr(loss, "transition", None) is None or self.model._validation is None:  # noqa: SLF001
+            return
+        x_val, y_val = self.model._validation  # noqa: SLF001 (SLFModel's clean split)
+        loss.set_transition(
+            transition_lib.from_network(self.model.network, x_val, y_val, loss.num_classes, loss.from_logits)
+        )

@@ -68,6 +68,7 @@ class Prepared(NamedTuple):
     log_p: tf.Tensor | None  # log-probabilities (classification [B, P, C]; binary: log sigmoid [B, P])
     p: tf.Tensor | None  # probabilities
     log_1mp: tf.Tensor | None  # binary only: log(1 - p)
+    transition: tf.Tensor | None = None  # classification: [C, C] noise matrix of the `forward` candidate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +145,22 @@ def _margin(t: Prepared) -> tf.Tensor:
     true_score = tf.reduce_sum(t.y * t.scores, axis=-1)
     other = tf.reduce_max(t.scores - t.y * 1e9, axis=-1)
     return 1.0 + other - true_score
+
+
+@register("forward", "classification")
+def _forward(t):
+    """Forward correction (Patrini et al. 2017): ``-log((p T)[y])``, ``T[i, j]`` = P(noisy label j | clean i).
+
+    ``T`` is the combined loss's state (``CombinedLoss.transition``): the identity, i.e. cross-entropy, until
+    it is estimated on the clean split at the restart (:mod:`slf_tf.transition`, docs/design.md).
+    """
+    if t.transition is None:
+        raise ValueError(
+            "The 'forward' candidate needs its noise matrix: use it in a combined loss (e.g. StochasticLoss) "
+            "given num_classes, which holds the matrix and estimates it at the restart."
+        )
+    noisy = tf.tensordot(t.p, tf.cast(t.transition, t.p.dtype), axes=[[t.p.shape.rank - 1], [0]])
+    return -tf.math.log(tf.reduce_sum(t.y * noisy, axis=-1) + _EPS)
 
 
 @register("hinge", "classification")
@@ -658,12 +675,19 @@ class LossBag:
     def __len__(self) -> int:
         return len(self.candidates)
 
-    def __call__(self, y_true: Any, y_pred: Any, sample_weight: Any = None, mask: Any = None) -> tf.Tensor:
-        """Per-example losses ``[batch, N]``: weighted means over positions, as :meth:`CandidateLoss.__call__`."""
+    def __call__(
+        self, y_true: Any, y_pred: Any, sample_weight: Any = None, mask: Any = None, transition: Any = None
+    ) -> tf.Tensor:
+        """Per-example losses ``[batch, N]``: weighted means over positions, as :meth:`CandidateLoss.__call__`.
+
+        ``transition``: the ``[C, C]`` noise matrix of a ``forward`` candidate.
+        """
         mask = keras_mask(y_pred) if mask is None else mask
         y_true, y_pred = tf.convert_to_tensor(y_true), tf.convert_to_tensor(y_pred)
         _check_batch(y_true, y_pred)
         prepared = prepare(y_true, y_pred, self.task, self.from_logits)
+        if transition is not None:
+            prepared = prepared._replace(transition=tf.convert_to_tensor(transition))
         values = tf.stack([c.from_prepared(prepared) for c in self.candidates], axis=-1)  # [batch, P, N]
         if sample_weight is None and mask is None:
             return reduce_positions(values, stacked=True)

@@ -36,6 +36,7 @@ import tensorflow_probability as tfp
 
 from slf_tf import checks, distributed, gumbel, rng, schedules, selection
 from slf_tf import decision as decision_lib
+from slf_tf import transition as transition_lib
 from slf_tf.losses import LossBag, candidate_tag, keras_mask, position_weights, reduce_positions
 from slf_tf.losses import get as get_candidate
 
@@ -54,6 +55,17 @@ __all__ = [
 
 tfd = tfp.distributions
 _DEFAULT_VALIDATION_LOSS = {"classification": "cross_entropy", "regression": "mse", "binary": "bce"}
+
+
+def _check_num_classes(num_classes: Any, bag: LossBag) -> int:
+    """``num_classes`` where the bag holds ``forward`` (its noise matrix is ``[C, C]``), else 0."""
+    if "forward" not in [c.name for c in bag.candidates]:
+        return 0
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"The 'forward' candidate needs num_classes (an int >= 2: its noise matrix is [C, C]); got {num_classes!r}."
+        )
+    return num_classes
 
 
 def _state(init: Any, dtype: str = "float32", name: str | None = None) -> keras.Variable:
@@ -120,12 +132,14 @@ class CombinedLoss(keras.losses.Loss):
         validation_loss: str | None = None,
         ema_decay: float = 0.9,
         total_steps: int = 0,
+        num_classes: int = 0,
         name: str | None = None,
         reduction: str = "sum_over_batch_size",
         **kwargs: Any,
     ):
         super().__init__(name=name or self.strategy, reduction=reduction, **kwargs)
         self.bag = LossBag(losses, task=task, from_logits=from_logits)
+        self.num_classes = _check_num_classes(num_classes, self.bag)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1); got {ema_decay!r}.")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -146,6 +160,10 @@ class CombinedLoss(keras.losses.Loss):
         # The trust region's scale of the virtual step (1: the optimizer's own step; docs/design.md,
         # "The trust region"). Saved after the decision variables, so files from before it still load.
         self.virtual_scale = _state(1.0, name="virtual_scale")
+        # The `forward` candidate's noise matrix (slf_tf/transition.py): the identity until the restart.
+        self.transition = (
+            _state(np.eye(self.num_classes, dtype=np.float32), name="transition") if self.num_classes else None
+        )
 
     # ------------------------------------------------------------ state views --
 
@@ -203,7 +221,15 @@ class CombinedLoss(keras.losses.Loss):
     @property
     def state_variables(self) -> list:
         """Everything a checkpoint must hold to resume this loss exactly."""
-        return [self.step, self.running, self.totals, self.last]
+        return [self.step, self.running, self.totals, self.last] + (
+            [] if self.transition is None else [self.transition]
+        )
+
+    def set_transition(self, matrix: Any) -> None:
+        """Assigns the ``forward`` candidate's noise matrix ``[C, C]`` (rows: P(noisy label | clean label))."""
+        if self.transition is None:
+            raise ValueError(f"This loss has no 'forward' candidate, so no noise matrix; its bag: {self.bag.specs}.")
+        self.transition.assign(transition_lib.check(matrix, self.num_classes))
 
     # ------------------------------------------------------------- the choice --
 
@@ -250,7 +276,7 @@ class CombinedLoss(keras.losses.Loss):
         positions, weighted by ``sample_weight`` and the Keras ``mask`` (default: the
         mask of ``y_pred``) as Keras weighs them (:func:`slf_tf.losses.position_weights`).
         """
-        per_example = self.bag(y_true, y_pred, sample_weight, mask)
+        per_example = self.bag(y_true, y_pred, sample_weight, mask, transition=self.transition)
         finite = distributed.all_true(tf.reduce_all(tf.math.is_finite(per_example), axis=0))
         per_example = tf.where(finite[None], per_example, tf.zeros_like(per_example))
         if self.normalize:
@@ -395,6 +421,7 @@ class CombinedLoss(keras.losses.Loss):
             validation_loss=self.validation_loss_spec,
             ema_decay=self.ema_decay,
             total_steps=self.total_steps,
+            num_classes=self.num_classes,
         )
         # The learned state travels with the config, so a .keras model reloads its loss where it was
         # (the step, and with it the temperature schedule; the decision network; the running statistics).
@@ -608,6 +635,11 @@ class FixedLoss(CombinedLoss):
         chosen = loss if loss is not None else self.bag.specs[0]
         if chosen not in self.bag.specs:
             raise ValueError(f"The fixed loss {chosen!r} is not in the bag {self.bag.specs}.")
+        if chosen == "forward":
+            raise ValueError(
+                "'forward' cannot be the fixed loss: its noise matrix is estimated at the restart, which only a "
+                "decision learned from the clean split has (slf, softmax, joint); alone it would be cross-entropy."
+            )
         self.fixed_loss = chosen
         self._one_hot = tf.one_hot(self.bag.specs.index(chosen), self.num_losses)
 

@@ -142,11 +142,15 @@ def temperature_schedule(config) -> schedules.TemperatureSchedule:
 LOSS_TASKS = {"classification": "classification", "regression": "regression", "box": "regression"}
 
 
-def create_loss_from_config(config, task: str, outputs: Mapping[str, str] | None = None) -> CombinedLoss | HeadLosses:
+def create_loss_from_config(
+    config, task: str, outputs: Mapping[str, str] | None = None, num_classes: int = 0
+) -> CombinedLoss | HeadLosses:
     """The combined loss of ``config.loss`` (and ``config.decision``'s network) for ``task``; with several
-    ``outputs`` (``{output: kind}``), :class:`slf_tf.HeadLosses` of one loss per output (``config.heads``)."""
+    ``outputs`` (``{output: kind}``), :class:`slf_tf.HeadLosses` of one loss per output (``config.heads``).
+    ``num_classes`` sizes the ``forward`` candidate's noise matrix (one output only)."""
     if not outputs:
-        return _create_loss(config, config.loss.strategy, config.loss.candidates, config.loss.fixed, task, config.seed)
+        c = config.loss
+        return _create_loss(config, c.strategy, c.candidates, c.fixed, task, config.seed, num_classes=num_classes)
     heads, weights = {}, {}
     for i, (output, kind) in enumerate(outputs.items()):
         h = config.heads[output]
@@ -159,7 +163,7 @@ def create_loss_from_config(config, task: str, outputs: Mapping[str, str] | None
     return HeadLosses(heads, weights)
 
 
-def _create_loss(config, strategy, candidates, fixed, task, seed, validation_loss="") -> CombinedLoss:
+def _create_loss(config, strategy, candidates, fixed, task, seed, validation_loss="", num_classes=0) -> CombinedLoss:
     c, d = config.loss, config.decision
     return create_loss(
         strategy,
@@ -179,6 +183,7 @@ def _create_loss(config, strategy, candidates, fixed, task, seed, validation_los
         example_loss=c.get("example_loss", "fixed"),
         beta=c.softadapt_beta,
         total_steps=config.num_train_steps,
+        num_classes=num_classes if "forward" in candidates else 0,
     )
 
 

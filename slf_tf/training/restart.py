@@ -24,8 +24,11 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
+
+from slf_tf import transition as transition_lib
 
 __all__ = ["RESTART_FROM", "Restart"]
 
@@ -77,6 +80,23 @@ class Restart:
             f"(decision.restart_min_epochs = {self.min_epochs:g}): too few passes to have fitted label noise, "
             "and fresh weights would not converge in the rest of the budget."
         )
+
+    def estimate_transition(self, step: int) -> str:
+        """The ``forward`` candidate's noise matrix from the network before the restart, on the clean split
+        (``slf_tf.transition``; also when the restart is skipped); "" when the bag has no ``forward``."""
+        t = self.trainer
+        loss = t.loss
+        if getattr(loss, "transition", None) is None:
+            return ""
+        d = t.data
+        matrix = transition_lib.from_network(t.model, d.x_val, d.y_val, loss.num_classes, loss.from_logits)
+        loss.set_transition(matrix)
+        message = (
+            f"Step {step}: estimated the 'forward' candidate's noise matrix on the clean split "
+            f"(mean diagonal {float(np.mean(np.diag(matrix))):.3f})."
+        )
+        logging.info("%s", message)
+        return message
 
     def skip(self, step: int, reason: str) -> str:
         """Records that the restart due at ``step`` is skipped (not tried again); returns ``reason``."""

@@ -134,7 +134,8 @@ class Trainer:
         keras.utils.set_random_seed(c.seed)  # weight initialisation; sampling uses stateless seeds
         with self.strategy.scope():
             self.model = self._create_model()
-            self.loss = factories.create_loss_from_config(c, d.task, d.outputs)  # HeadLosses for several outputs
+            # HeadLosses for several outputs
+            self.loss = factories.create_loss_from_config(c, d.task, d.outputs, d.num_classes)
             o, v = c.optimizer, c.decision
             self.main_optimizer = factories.create_optimizer(
                 o.name, o.learning_rate, o.momentum, o.weight_decay, o.clipnorm
@@ -154,6 +155,13 @@ class Trainer:
             # The loss's running totals and the step at the start of the epoch (the "last epoch" table).
             self.epoch_start = tf.Variable(tf.zeros([4 * self.loss.num_losses + 2]), trainable=False)
             self.restart = restart_lib.Restart(self)
+            if getattr(self.loss, "transition", None) is not None and not self.restart.enabled:
+                raise ValueError(
+                    "The 'forward' candidate's noise matrix is estimated at the restart point, which this run lacks: "
+                    f"loss.strategy={c.loss.strategy!r}, decision.restart_fraction={c.decision.restart_fraction!r} "
+                    "(it needs a decision learned from the clean split, slf, softmax or joint, and a restart fraction "
+                    "> 0)."
+                )
         objects = {
             "model": self.model,
             "main_optimizer": self.main_optimizer,
@@ -328,8 +336,10 @@ class Trainer:
 
     def _restart(self, writer: summaries.MetricWriter, step: int) -> None:
         """Restarts the main network (``restart.py``), unless too few epochs; says which in TensorBoard."""
+        estimated = self.restart.estimate_transition(step)  # before the network it reads is replaced
         reason = self.restart.skip_reason(step)
-        writer.text(step, "slf/restart", self.restart.skip(step, reason) if reason else self.restart.apply(step))
+        done = self.restart.skip(step, reason) if reason else self.restart.apply(step)
+        writer.text(step, "slf/restart", f"{estimated} {done}" if estimated else done)
 
     def _save(self, step: int, metrics: dict) -> None:
         del metrics

@@ -1,0 +1,137 @@
+"""The `forward` candidate and its noise matrix, estimated on the clean split at the restart (GLC)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import slf_tf
+from configs import test as test_config
+from slf_tf import losses, transition
+from slf_tf.training import Trainer
+
+
+def _pair_matrix(classes: int, rate: float) -> np.ndarray:
+    """Pair-flip noise: class i becomes i + 1 with probability ``rate``."""
+    return (1 - rate) * np.eye(classes) + rate * np.roll(np.eye(classes), 1, axis=1)
+
+
+def test_estimate_averages_each_clean_class_and_keeps_identity_for_absent_ones():
+    probabilities = np.array([[0.6, 0.4, 0.0], [0.8, 0.2, 0.0], [0.1, 0.7, 0.2]])
+    T = transition.estimate(probabilities, np.array([0, 0, 1]), 3)
+    np.testing.assert_allclose(T, [[0.7, 0.3, 0.0], [0.1, 0.7, 0.2], [0.0, 0.0, 1.0]], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"probabilities must be \[n, 3\] for 2 labels"):
+        transition.estimate(probabilities, np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match=r"Row 1 of the noise matrix is not a distribution"):
+        transition.check([[1.0, 0.0], [0.5, 0.6]], 2)
+    with pytest.raises(ValueError, match=r"must be \[2, 2\]; got shape \(3, 3\)"):
+        transition.check(np.eye(3), 2)
+
+
+def test_forward_is_cross_entropy_under_identity_and_the_noisy_likelihood_under_pair_flip():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(16, 4)).astype(np.float32) * 2, rng.integers(0, 4, 16)
+    bag = losses.LossBag(["cross_entropy", "forward"])
+    values = bag(labels, logits, transition=np.eye(4, dtype=np.float32)).numpy()
+    np.testing.assert_allclose(values[:, 1], values[:, 0], rtol=1e-5)
+    T = _pair_matrix(4, 0.3).astype(np.float32)
+    p = tf.nn.softmax(logits).numpy()
+    expected = -np.log(0.7 * p[np.arange(16), labels] + 0.3 * p[np.arange(16), (labels - 1) % 4])
+    np.testing.assert_allclose(bag(labels, logits, transition=T).numpy()[:, 1], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"'forward' candidate needs its noise matrix"):
+        losses.get("forward")(labels, logits)
+
+
+def test_forward_gradients_are_finite_at_saturated_outputs():
+    logits = tf.constant([[60.0, -60.0, 0.0], [-60.0, 60.0, 0.0], [0.1, 0.2, 0.3]])
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = losses.LossBag(["forward"])(np.array([0, 0, 2]), logits, transition=np.eye(3, dtype=np.float32))
+    assert np.all(np.isfinite(value.numpy())) and np.all(np.isfinite(tape.gradient(value, logits).numpy()))
+
+
+def test_a_combined_loss_holds_the_matrix_validates_it_and_saves_it():
+    with pytest.raises(ValueError, match=r"'forward' candidate needs num_classes \(an int >= 2"):
+        slf_tf.StochasticLoss(["cross_entropy", "forward"])
+    with pytest.raises(ValueError, match=r"'forward' cannot be the fixed loss"):
+        slf_tf.create_loss("fixed", ["forward", "cross_entropy"], loss="forward", num_classes=3)
+    loss = slf_tf.StochasticLoss(["cross_entropy", "forward"], num_classes=3)
+    np.testing.assert_array_equal(loss.transition.numpy(), np.eye(3))
+    with pytest.raises(ValueError, match=r"Row 0 of the noise matrix"):
+        loss.set_transition([[2.0, -1.0, 0.0], [0, 1, 0], [0, 0, 1]])
+    loss.set_transition(_pair_matrix(3, 0.25))
+    again = slf_tf.StochasticLoss.from_config(loss.get_config())
+    np.testing.assert_allclose(again.transition.numpy(), _pair_matrix(3, 0.25), rtol=1e-6)
+    assert slf_tf.StochasticLoss(["cross_entropy", "mae"], num_classes=3).transition is None  # no forward: no matrix
+
+
+def _pair_noise_config(**overrides):
+    config = test_config.get_config()
+    config.data.label_noise, config.data.noise_kind = 0.3, "pair"
+    config.loss.candidates = ("cross_entropy", "mae", "forward")
+    config.num_train_steps, config.eval_every_steps = 50, 25
+    config.decision.restart_min_epochs = 0.0
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def test_the_trainer_estimates_the_matrix_at_the_restart_and_keeps_it_on_resume(tmp_path):
+    config = _pair_noise_config()
+    trainer = Trainer(config, str(tmp_path))
+    trainer.run()
+    T = trainer.loss.transition.numpy()
+    assert not np.allclose(T, np.eye(T.shape[0])), "not estimated at the restart"
+    np.testing.assert_allclose(T.sum(axis=1), 1.0, rtol=1e-5)
+    resumed = Trainer(config, str(tmp_path))  # a finished run reloads its checkpoint
+    resumed.run()
+    np.testing.assert_allclose(resumed.loss.transition.numpy(), T, rtol=1e-6)
+
+
+def test_the_trainer_estimates_the_matrix_also_when_the_restart_is_skipped(tmp_path):
+    trainer = Trainer(_pair_noise_config(**{"decision.restart_min_epochs": 1e6}), str(tmp_path))
+    results = trainer.run()
+    assert results["restarted_at"] == -2
+    assert not np.allclose(trainer.loss.transition.numpy(), np.eye(trainer.data.num_classes))
+
+
+def test_the_trainer_refuses_forward_without_a_restart(tmp_path):
+    with pytest.raises(ValueError, match=r"estimated at the restart point, which this run lacks"):
+        Trainer(_pair_noise_config(**{"decision.restart_fraction": 0.0}), str(tmp_path))
+
+
+@pytest.mark.parametrize("min_epochs", [0.0, 100.0])
+def test_the_restart_callback_estimates_the_matrix_restarting_or_not(min_epochs):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
+    xv, yv = rng.normal(size=(32, 5)).astype(np.float32), rng.integers(0, 3, 32)
+    network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+    model = slf_tf.SLFModel(network, validation_data=(xv, yv), val_batch_size=16)
+    loss = slf_tf.create_loss("slf", ["cross_entropy", "forward"], k=1, num_classes=3)
+    model.compile(optimizer="adam", loss=loss)
+    restart = slf_tf.callbacks.Restart(0.4, min_epochs=min_epochs)
+    if min_epochs:
+        with pytest.warns(UserWarning, match=r"Restart skipped"):
+            model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[restart])
+    else:
+        model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[restart])
+    assert restart.restarted_at == (-2 if min_epochs else 8)
+    T = loss.transition.numpy()
+    assert not np.allclose(T, np.eye(3)), "not estimated at the restart point"
+    np.testing.assert_allclose(T.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def _mirrored():
+    config = _pair_noise_config()
+    config.distribution = "mirrored"
+    return config
+
+
+def test_the_estimate_reaches_every_replica_under_mirrored_strategy(tmp_path):
+    trainer = Trainer(_mirrored(), str(tmp_path))
+    assert trainer.strategy.num_replicas_in_sync == 2
+    trainer.run()
+    copies = [v.numpy() for v in trainer.loss.transition.value._values]  # noqa: SLF001 (each replica's copy)
+    assert not np.allclose(copies[0], np.eye(copies[0].shape[0]))
+    np.testing.assert_array_equal(copies[0], copies[1])
