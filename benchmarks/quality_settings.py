@@ -209,13 +209,24 @@ def apply(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_co
     return with_overrides(config, overrides)
 
 
+def _top_level_split(text: str) -> list[str]:
+    """``text`` split at the commas outside brackets, so a value may be a tuple: ``loss.candidates=('a', 'b')``."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += (char in "([{") - (char in ")]}")
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
 def parse_variants(text: str) -> dict[str, dict]:
     """``"a:decision.every=2,loss.k=2;b:..."`` -> ``{"a": {"loss.strategy": "slf", "decision.every": 2, ...}}``."""
     out = {}
     for item in filter(None, (t.strip() for t in text.split(";"))):
         name, _, body = item.partition(":")
         overrides = {"loss.strategy": "slf"}
-        for pair in filter(None, body.split(",")):
+        for pair in filter(None, _top_level_split(body)):
             key, _, value = pair.partition("=")
             try:
                 overrides[key.strip()] = ast.literal_eval(value.strip())

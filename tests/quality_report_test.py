@@ -125,3 +125,13 @@ def test_binary_noise_summary_selects_the_sweep_on_validation_per_seed():
     assert summary["slf_top"] == ["mae", "gce(q=0.7)"]
     assert summary["median_test"]["fixed:bce"] == pytest.approx(0.85)
     assert "| 30% |" in table and "+2.0, -1.0" in table
+
+
+def test_variants_take_a_tuple_value_with_commas():
+    from benchmarks.quality_settings import parse_variants
+
+    variants = parse_variants("fwd:loss.candidates=('cross_entropy', 'forward'),decision.every=2;k2:loss.k=2")
+    assert variants == {
+        "fwd": {"loss.strategy": "slf", "loss.candidates": ("cross_entropy", "forward"), "decision.every": 2},
+        "k2": {"loss.strategy": "slf", "loss.k": 2},
+    }
