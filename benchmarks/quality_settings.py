@@ -24,7 +24,7 @@ from slf_tf import data as data_lib
 
 # Setting name -> (config factory, noisy?, needs MNIST?).
 SETTINGS: dict[str, tuple[Callable[[str], ml_collections.ConfigDict], bool, bool]] = {}
-# Settings whose rows are the peers only (CE and the sweep, the oracle, l2rw, meta_weight_net, slf, joint):
+# Settings whose rows are the peers only (CE and the sweep, the oracle, l2rw, meta_weight_net, glc, slf, joint):
 # the larger ones, where every run costs minutes.
 PEERS_ONLY: set[str] = set()
 PEER_STRATEGIES = ("l2rw", "meta_weight_net", "slf", "joint")
@@ -191,6 +191,8 @@ def strategies(config: ml_collections.ConfigDict, peers_only: bool = False) -> d
         out[name] = {"loss.strategy": name}
         if name in ("l2rw", "meta_weight_net"):
             out[name]["loss.fixed"] = "cross_entropy"
+    if not regression:  # Gold Loss Correction, the loss-correcting peer (its own bag: docs/design.md)
+        out["glc"] = {"loss.strategy": "glc", "loss.candidates": ("cross_entropy", "forward")}
     return out
 
 

@@ -226,7 +226,7 @@ class Restart(keras.callbacks.Callback):
         loss = getattr(self.model, "slf_loss", None)
         if loss is None:
             raise ValueError("Restart works with SLFModel (the fused step), whose network it restarts.")
-        learned = loss.needs_lookahead and bool(loss.decision_variables)
+        learned = (loss.needs_lookahead and bool(loss.decision_variables)) or getattr(loss, "restarts", False)
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         if learned and steps and epochs and self.restarted_at == -1:
             self._at = round(self.fraction * steps * epochs)

@@ -638,7 +638,8 @@ class FixedLoss(CombinedLoss):
         if chosen == "forward":
             raise ValueError(
                 "'forward' cannot be the fixed loss: its noise matrix is estimated at the restart, which only a "
-                "decision learned from the clean split has (slf, softmax, joint); alone it would be cross-entropy."
+                "decision learned from the clean split has (slf, softmax, joint); alone it would be cross-entropy. "
+                "strategy 'glc' is cross-entropy, then forward with the matrix estimated."
             )
         self.fixed_loss = chosen
         self._one_hot = tf.one_hot(self.bag.specs.index(chosen), self.num_losses)
@@ -651,6 +652,42 @@ class FixedLoss(CombinedLoss):
 
     def get_config(self):
         return {**super().get_config(), "loss": self.fixed_loss}
+
+
+@keras.saving.register_keras_serializable(package="slf_tf")
+class GLCLoss(CombinedLoss):
+    """Gold Loss Correction (Hendrycks et al. 2018), a peer that uses the clean split as SLF does:
+    cross-entropy until the restart point, where ``forward``'s noise matrix is estimated on the clean split
+    from the network trained so far; then (fresh weights, as the restart gives them) ``forward`` alone.
+
+    The bag must hold ``cross_entropy`` and ``forward``; ``num_classes`` sizes the matrix.
+    """
+
+    strategy = "glc"
+    #: The restart (the estimate, then fresh weights) is part of the method, with no decision to learn.
+    restarts = True
+
+    def __init__(self, losses: Sequence[str], **kwargs: Any):
+        super().__init__(losses, **kwargs)
+        if self.transition is None or "cross_entropy" not in self.bag.specs:
+            raise ValueError(f"glc needs 'cross_entropy' and 'forward' in its bag; got {self.bag.specs}.")
+        self.corrected = _state(False, "bool", name="corrected")  # the matrix has been estimated
+        self._before = tf.one_hot(self.bag.specs.index("cross_entropy"), self.num_losses)
+        self._after = tf.one_hot(self.bag.specs.index("forward"), self.num_losses)
+
+    @property
+    def state_variables(self):
+        return super().state_variables + [self.corrected]
+
+    def set_transition(self, matrix: Any) -> None:
+        super().set_transition(matrix)
+        self.corrected.assign(True)
+
+    def selection_probabilities(self):
+        return tf.where(tf.convert_to_tensor(self.corrected), self._after, self._before)
+
+    def sample(self, seed):
+        return _fixed_selection(self.selection_probabilities())
 
 
 @keras.saving.register_keras_serializable(package="slf_tf")
@@ -737,6 +774,7 @@ STRATEGIES = {
     "random": RandomLoss,
     "uncertainty": UncertaintyLoss,
     "softadapt": SoftAdaptLoss,
+    "glc": GLCLoss,
 }
 
 

@@ -135,3 +135,24 @@ def test_the_estimate_reaches_every_replica_under_mirrored_strategy(tmp_path):
     copies = [v.numpy() for v in trainer.loss.transition.value._values]  # noqa: SLF001 (each replica's copy)
     assert not np.allclose(copies[0], np.eye(copies[0].shape[0]))
     np.testing.assert_array_equal(copies[0], copies[1])
+
+
+def test_glc_is_cross_entropy_until_the_estimate_then_forward():
+    with pytest.raises(ValueError, match=r"glc needs 'cross_entropy' and 'forward' in its bag"):
+        slf_tf.create_loss("glc", ["mae", "forward"], num_classes=3)
+    loss = slf_tf.create_loss("glc", ["cross_entropy", "forward"], num_classes=3)
+    np.testing.assert_array_equal(loss.selection_probabilities().numpy(), [1.0, 0.0])
+    loss.set_transition(_pair_matrix(3, 0.2))
+    np.testing.assert_array_equal(loss.selection_probabilities().numpy(), [0.0, 1.0])
+    again = slf_tf.create_loss("glc", ["cross_entropy", "forward"], num_classes=3)
+    again.load_state(loss.get_config()["state"])  # a resumed or reloaded run stays corrected
+    np.testing.assert_array_equal(again.selection_probabilities().numpy(), [0.0, 1.0])
+
+
+def test_the_trainer_runs_glc_through_its_restart(tmp_path):
+    config = _pair_noise_config(**{"loss.strategy": "glc", "loss.candidates": ("cross_entropy", "forward")})
+    trainer = Trainer(config, str(tmp_path))
+    results = trainer.run()
+    assert results["restarted_at"] == 20  # 40% of 50 steps
+    assert results["decision"]["forward"]["selection_probability"] == 1.0
+    assert not np.allclose(trainer.loss.transition.numpy(), np.eye(trainer.data.num_classes))

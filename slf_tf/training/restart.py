@@ -46,6 +46,7 @@ class Restart:
         # Only a decision learned from the validation hypergradient (slf, softmax, joint, meta_weight_net)
         # is worth a restart; l2rw learns nothing across steps.
         learned = trainer.loss.needs_lookahead and bool(trainer.loss.decision_variables)
+        learned = learned or getattr(trainer.loss, "restarts", False)  # glc: the restart is its method
         self.enabled = learned and bool(self.fraction or self.commitment)
         self.restarted_at = tf.Variable(-1, dtype=tf.int64, trainable=False, name="restarted_at")
 

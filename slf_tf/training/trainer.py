@@ -159,8 +159,7 @@ class Trainer:
                 raise ValueError(
                     "The 'forward' candidate's noise matrix is estimated at the restart point, which this run lacks: "
                     f"loss.strategy={c.loss.strategy!r}, decision.restart_fraction={c.decision.restart_fraction!r} "
-                    "(it needs a decision learned from the clean split, slf, softmax or joint, and a restart fraction "
-                    "> 0)."
+                    "(it needs slf, softmax, joint or glc, whose restart estimates it, and a restart fraction > 0)."
                 )
         objects = {
             "model": self.model,
