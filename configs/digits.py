@@ -74,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
     # The combined loss.
     config.loss = ml_collections.ConfigDict()
     # slf | softmax | fixed | uniform | random | uncertainty | softadapt | l2rw | meta_weight_net | joint
+    # | glc (on candidates ("cross_entropy", "forward"))
     config.loss.strategy = "slf"
     config.loss.candidates = (
         "cross_entropy",
