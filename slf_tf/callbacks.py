@@ -210,6 +210,9 @@ class Restart(keras.callbacks.Callback):
     As in the trainer (``decision.restart_min_epochs``), there is no restart if fewer than ``min_epochs``
     of the fit's epochs come before it: in so few passes the network has fitted little label noise, and
     fresh weights would not converge in the rest of the fit. ``restarted_at`` is then -2.
+
+    At the restart point, restarting or not, a ``forward`` candidate's noise matrix is estimated on the
+    ``SLFModel``'s clean split from the network trained so far (``slf_tf.transition``; docs/design.md).
     """
 
     def __init__(self, fraction: float = 0.4, seed: int = 0, min_epochs: float = 4.0):

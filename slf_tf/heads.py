@@ -72,6 +72,12 @@ class HeadLosses:
                 f"Outputs {weighting} use an example-weighting strategy (l2rw, meta_weight_net, joint), which weights "
                 "each example from one loss; with several outputs use slf, softmax or the baselines."
             )
+        corrected = [k for k, h in zip(self.keys, heads, strict=True) if getattr(h, "transition", None) is not None]
+        if corrected:
+            raise ValueError(
+                f"Outputs {corrected} have the 'forward' candidate, whose noise matrix is estimated from one output's "
+                "probabilities at the restart; it serves single-output models only."
+            )
         self.heads = heads
         self.sizes = [h.num_losses for h in heads]
         self.loss_weights = [float(w) for w in self._per_head(loss_weights, 1.0, "loss_weights")]

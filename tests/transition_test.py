@@ -156,3 +156,12 @@ def test_the_trainer_runs_glc_through_its_restart(tmp_path):
     assert results["restarted_at"] == 20  # 40% of 50 steps
     assert results["decision"]["forward"]["selection_probability"] == 1.0
     assert not np.allclose(trainer.loss.transition.numpy(), np.eye(trainer.data.num_classes))
+
+
+def test_several_outputs_refuse_forward():
+    heads = {
+        "a": slf_tf.StochasticLoss(["cross_entropy", "forward"], num_classes=3),
+        "b": slf_tf.StochasticLoss(["cross_entropy", "mae"]),
+    }
+    with pytest.raises(ValueError, match=r"Outputs \['a'\] have the 'forward' candidate"):
+        slf_tf.HeadLosses(heads)
