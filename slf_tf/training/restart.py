@@ -11,12 +11,16 @@ first half of the budget. The main network restarts from fresh weights
 with a fresh main optimizer or that checkpoint's; the decision network goes on.
 It happens at most once per run, and the total budget does not change. Strategies
 whose weights are not learned by the hypergradient (fixed, uniform, random,
-uncertainty, softadapt) never restart.
+uncertainty, softadapt, l2rw) never restart.
 
 A due restart is skipped if the main network has seen the training split fewer
 than ``decision.restart_min_epochs`` times by then: in so few passes it has
 fitted little label noise, and fresh weights would not train to convergence in
 the rest of the budget (docs/design.md, "Committing in time").
+
+At the restart point, restarting or not, a ``forward`` candidate's noise matrix is
+estimated on the clean split from the network trained so far (``slf_tf.transition``;
+docs/design.md, "What closes it"). ``glc`` restarts for that alone, with no decision.
 """
 
 from __future__ import annotations
