@@ -290,7 +290,7 @@ def overview(summary: dict, slf: str = "slf") -> str:
 
 
 # The rows that learn from the clean split, side by side (peers_overview), in this order.
-LEARNED_ROWS = ("softmax", "slf", "l2rw", "meta_weight_net", "joint")
+LEARNED_ROWS = ("softmax", "slf", "l2rw", "meta_weight_net", "glc", "joint")
 
 
 def peers_overview(summary: dict) -> str:

@@ -135,3 +135,26 @@ def test_variants_take_a_tuple_value_with_commas():
         "fwd": {"loss.strategy": "slf", "loss.candidates": ("cross_entropy", "forward"), "decision.every": 2},
         "k2": {"loss.strategy": "slf", "loss.k": 2},
     }
+
+
+def test_glc_is_a_row_of_classification_settings_on_its_own_bag_and_a_column_beside_the_peers():
+    from benchmarks import quality_settings
+
+    table = quality_settings.strategies(quality_settings.SETTINGS["digits_pair40"][0](""))
+    assert table["glc"] == {"loss.strategy": "glc", "loss.candidates": ("cross_entropy", "forward")}
+    summary = {
+        "digits_pair40": _setting(
+            **{
+                "fixed:cross_entropy": 66.0,
+                "sweep": 79.0,
+                "slf": 80.0,
+                "l2rw": 90.0,
+                "meta_weight_net": 75.0,
+                "glc": 96.0,
+                "joint": 95.0,
+            }
+        )  # fmt: skip
+    }
+    text = quality.peers_overview(summary)
+    assert "| glc " in text and "**96.00**" in text
+    assert "joint >= every other row on 0 of 1 noisy settings" in text  # glc is a row joint must beat
