@@ -212,11 +212,19 @@ class Restart(keras.callbacks.Callback):
     fresh weights would not converge in the rest of the fit. ``restarted_at`` is then -2.
 
     At the restart point, restarting or not, a ``forward`` candidate's noise matrix is estimated on the
-    ``SLFModel``'s clean split from the network trained so far (``slf_tf.transition``; docs/design.md).
+    ``SLFModel``'s clean split from the network trained so far (``slf_tf.transition``; docs/design.md), at
+    the temperature under which the network best predicts the noisy training labels ``train_data``
+    (``(x, y)`` arrays). ``SLFModel.fit(x, y)`` passes its arrays; fitting on a dataset, pass them here, or
+    the temperature is 1 (a less sharp matrix under robust losses).
     """
 
-    def __init__(self, fraction: float = 0.4, seed: int = 0, min_epochs: float = 4.0):
+    def __init__(self, fraction: float = 0.4, seed: int = 0, min_epochs: float = 4.0, train_data: Any = None):
         super().__init__()
+        if train_data is not None and not (isinstance(train_data, tuple) and len(train_data) == 2):
+            raise ValueError(f"Restart train_data must be an (x, y) tuple of arrays; got {type(train_data).__name__}.")
+        self.train_data = train_data
+        self.fit_data = None  # set by SLFModel.fit(x, y): its arrays, when train_data is not given
+        self.temperature = None  # of the last estimate (slf_tf.transition.from_network)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"Restart fraction must be in (0, 1); got {fraction!r}.")
         if not (isinstance(min_epochs, (int, float)) and 0.0 <= min_epochs < float("inf")):
@@ -265,6 +273,7 @@ class Restart(keras.callbacks.Callback):
         if getattr(loss, "transition", None) is None or self.model._validation is None:  # noqa: SLF001
             return
         x_val, y_val = self.model._validation  # noqa: SLF001 (SLFModel's clean split)
-        loss.set_transition(
-            transition_lib.from_network(self.model.network, x_val, y_val, loss.num_classes, loss.from_logits)
+        matrix, self.temperature = transition_lib.from_network(
+            self.model.network, x_val, y_val, loss.num_classes, loss.from_logits, noisy=self.train_data or self.fit_data
         )
+        loss.set_transition(matrix)

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from slf_tf import distributed, rng
+from slf_tf.callbacks import Restart
 from slf_tf.checks import check_finite_validation, warn_if_diverged, warn_if_same_data
 from slf_tf.heads import as_step_loss
 from slf_tf.keras_views import CompactProgbar
@@ -204,6 +205,11 @@ class SLFModel(keras.Model):
             x_val = tf.nest.map_structure(lambda a: a.numpy(), self._validation[0])
             warn_if_same_data(x, x_val, "SLFModel(validation_data=...)")
         callbacks = list(arguments.get("callbacks") or [])
+        y = arguments.get("y")
+        if x is not None and y is not None and not isinstance(x, tf.data.Dataset):
+            for callback in callbacks:  # the noisy labels its `forward` estimate is calibrated to
+                if isinstance(callback, Restart):
+                    callback.fit_data = (x, y)
         quiet = arguments.get("verbose", "auto") == 0  # Keras adds no bar then: neither do we
         if not quiet and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
             callbacks.append(CompactProgbar())  # one slf_* key per candidate would make a 600-character line

@@ -28,6 +28,38 @@ def test_estimate_averages_each_clean_class_and_keeps_identity_for_absent_ones()
         transition.check(np.eye(3), 2)
 
 
+def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_at():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(20_000, 5)) * 4
+    for true in (0.5, 2.5):
+        p = tf.nn.softmax(logits / true).numpy()
+        labels = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)  # one draw from each row
+        assert transition.fit_temperature(logits, labels) == pytest.approx(true, rel=0.06)
+    with pytest.raises(ValueError, match=r"logits must be \[n, C\] for 3 labels"):
+        transition.fit_temperature(logits[:2], np.array([0, 1, 2]))
+
+
+def test_from_network_averages_the_softmax_at_the_temperature_fitted_to_the_noisy_labels():
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(4, 3)).astype(np.float32) * 3
+    network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False)])
+    network.set_weights([kernel])
+    x_noisy = rng.normal(size=(12_000, 4)).astype(np.float32)
+    p = tf.nn.softmax(x_noisy @ kernel / 2.0).numpy()
+    y_noisy = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)  # drawn at temperature 2
+    x, y = rng.normal(size=(300, 4)).astype(np.float32), rng.integers(0, 3, 300)
+    T, tau = transition.from_network(network, x, y, 3, noisy=(x_noisy, y_noisy), max_noisy=6_000)
+    assert tau == pytest.approx(2.0, rel=0.08)
+    expected = transition.estimate(tf.nn.softmax(x @ kernel / tau).numpy(), y, 3)
+    np.testing.assert_allclose(T, expected, rtol=1e-5, atol=1e-6)
+    plain, one = transition.from_network(network, x, keras.utils.to_categorical(y, 3), 3)
+    assert one == 1.0
+    np.testing.assert_allclose(plain, transition.estimate(tf.nn.softmax(x @ kernel).numpy(), y, 3), rtol=1e-5)
+    probabilities = keras.Sequential([network, keras.layers.Softmax()])  # read through the logarithm
+    _, tau_p = transition.from_network(probabilities, x, y, 3, from_logits=False, noisy=(x_noisy, y_noisy))
+    assert tau_p == pytest.approx(tau, rel=0.03)
+
+
 def test_forward_is_cross_entropy_under_identity_and_the_noisy_likelihood_under_pair_flip():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(16, 4)).astype(np.float32) * 2, rng.integers(0, 4, 16)
@@ -77,10 +109,15 @@ def _pair_noise_config(**overrides):
     return config
 
 
-def test_the_trainer_estimates_the_matrix_at_the_restart_and_keeps_it_on_resume(tmp_path):
+def test_the_trainer_estimates_the_matrix_at_the_restart_and_keeps_it_on_resume(tmp_path, monkeypatch):
+    fitted_on = []
+    fit = transition.fit_temperature
+    monkeypatch.setattr(transition, "fit_temperature", lambda z, labels: fitted_on.append(labels) or fit(z, labels))
     config = _pair_noise_config()
     trainer = Trainer(config, str(tmp_path))
     trainer.run()
+    assert len(fitted_on) == 1, "the temperature is fitted once, at the restart point"
+    np.testing.assert_array_equal(fitted_on[0], trainer.data.y_train)  # to the noisy training labels
     T = trainer.loss.transition.numpy()
     assert not np.allclose(T, np.eye(T.shape[0])), "not estimated at the restart"
     np.testing.assert_allclose(T.sum(axis=1), 1.0, rtol=1e-5)
@@ -117,9 +154,28 @@ def test_the_restart_callback_estimates_the_matrix_restarting_or_not(min_epochs)
     else:
         model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[restart])
     assert restart.restarted_at == (-2 if min_epochs else 8)
+    assert restart.temperature != 1.0, "SLFModel.fit(x, y) gives the callback its arrays to fit it to"
     T = loss.transition.numpy()
     assert not np.allclose(T, np.eye(3)), "not estimated at the restart point"
     np.testing.assert_allclose(T.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_restart_callback_fitting_on_a_dataset_uses_temperature_one_or_the_arrays_it_is_given():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
+    xv, yv = rng.normal(size=(32, 5)).astype(np.float32), rng.integers(0, 3, 32)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    for given, expected_one in ((None, True), ((x, y), False)):
+        network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(3)])
+        model = slf_tf.SLFModel(network, validation_data=(xv, yv), val_batch_size=16)
+        model.compile(
+            optimizer="adam", loss=slf_tf.create_loss("slf", ["cross_entropy", "forward"], k=1, num_classes=3)
+        )
+        restart = slf_tf.callbacks.Restart(0.4, min_epochs=0, train_data=given)
+        model.fit(dataset, epochs=5, verbose=0, callbacks=[restart])
+        assert (restart.temperature == 1.0) == expected_one
+    with pytest.raises(ValueError, match=r"Restart train_data must be an \(x, y\) tuple of arrays; got list"):
+        slf_tf.callbacks.Restart(train_data=[x, y])
 
 
 def _mirrored():

@@ -19,7 +19,8 @@ fitted little label noise, and fresh weights would not train to convergence in
 the rest of the budget (docs/design.md, "Committing in time").
 
 At the restart point, restarting or not, a ``forward`` candidate's noise matrix is
-estimated on the clean split from the network trained so far (``slf_tf.transition``;
+estimated on the clean split from the network trained so far, its logits at the
+temperature that best predicts the noisy training labels (``slf_tf.transition``;
 docs/design.md, "What closes it"). ``glc`` restarts for that alone, with no decision.
 """
 
@@ -94,11 +95,14 @@ class Restart:
         if getattr(loss, "transition", None) is None:
             return ""
         d = t.data
-        matrix = transition_lib.from_network(t.model, d.x_val, d.y_val, loss.num_classes, loss.from_logits)
+        matrix, tau = transition_lib.from_network(
+            t.model, d.x_val, d.y_val, loss.num_classes, loss.from_logits, noisy=(d.x_train, d.y_train)
+        )
         loss.set_transition(matrix)
         message = (
-            f"Step {step}: estimated the 'forward' candidate's noise matrix on the clean split "
-            f"(mean diagonal {float(np.mean(np.diag(matrix))):.3f})."
+            f"Step {step}: estimated the 'forward' candidate's noise matrix on the clean split at the "
+            f"temperature fitted to the noisy training labels ({tau:.3g}; mean diagonal "
+            f"{float(np.mean(np.diag(matrix))):.3f})."
         )
         logging.info("%s", message)
         return message
