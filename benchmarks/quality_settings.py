@@ -182,7 +182,8 @@ def strategies(config: ml_collections.ConfigDict, peers_only: bool = False) -> d
             fixed = {f"heads.{output}.fixed": loss for output, loss in zip(bags, pair, strict=True)}
             out["fixed:" + "+".join(pair)] = {"loss.strategy": "fixed", **fixed}
         return out | {name: {"loss.strategy": name} for name in ("softmax", "slf")}
-    out = {f"fixed:{name}": {"loss.strategy": "fixed", "loss.fixed": name} for name in config.loss.candidates}
+    fixed = [name for name in config.loss.candidates if name != "forward"]  # its matrix needs a restart: glc
+    out = {f"fixed:{name}": {"loss.strategy": "fixed", "loss.fixed": name} for name in fixed}
     regression = config.data.name == "diabetes"
     names = PEER_STRATEGIES if peers_only else ("uniform", "random", "uncertainty", "softadapt", "softmax", "slf")
     if not peers_only and not regression:

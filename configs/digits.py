@@ -83,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
         "mae",
         "gce(q=0.7)",
         "squared_hinge",
+        "forward",  # cross-entropy corrected by the noise matrix estimated at the restart point (docs/design.md)
     )
     config.loss.fixed = "cross_entropy"  # the candidate of strategy=fixed (and of l2rw, meta_weight_net)
     config.loss.example_loss = "fixed"  # l2rw, meta_weight_net weight the examples of: fixed | uniform (the bag)

@@ -204,8 +204,8 @@ class Restart(keras.callbacks.Callback):
     The decision network often settles on the right loss only after the candidates it tried first have
     done damage (docs/design.md, "Committing in time"); the restart gives the main network a second start
     under the settled decision, within the same budget. Only a decision learned from the validation
-    hypergradient restarts (``slf``, ``softmax``, ``joint``, ``meta_weight_net``; one head or several);
-    with other losses this callback does nothing. Fresh weights are drawn with ``seed``.
+    hypergradient restarts (``slf``, ``softmax``, ``joint``, ``meta_weight_net``, ``glc``; one head or
+    several); other losses only get the ``forward`` estimate below. Fresh weights are drawn with ``seed``.
 
     As in the trainer (``decision.restart_min_epochs``), there is no restart if fewer than ``min_epochs``
     of the fit's epochs come before it: in so few passes the network has fitted little label noise, and
@@ -215,7 +215,8 @@ class Restart(keras.callbacks.Callback):
     ``SLFModel``'s clean split from the network trained so far (``slf_tf.transition``; docs/design.md), at
     the temperature under which the network best predicts the noisy training labels ``train_data``
     (``(x, y)`` arrays). ``SLFModel.fit(x, y)`` passes its arrays; fitting on a dataset, pass them here, or
-    the temperature is 1 (a less sharp matrix under robust losses).
+    the temperature is 1 (a less sharp matrix under robust losses). ``glc`` estimates as its paper does,
+    at temperature 1.
     """
 
     def __init__(self, fraction: float = 0.4, seed: int = 0, min_epochs: float = 4.0, train_data: Any = None):
@@ -231,17 +232,19 @@ class Restart(keras.callbacks.Callback):
             raise ValueError(f"Restart min_epochs must be a finite number >= 0; got {min_epochs!r}.")
         self.fraction, self.seed, self.min_epochs = float(fraction), int(seed), float(min_epochs)
         self.restarted_at = -1  # the step of the restart (-1: not yet; -2: skipped, too few epochs before it)
-        self._at, self._step = None, 0
+        self._at, self._step, self._restarts = None, 0, False
 
     def on_train_begin(self, logs=None):
         loss = getattr(self.model, "slf_loss", None)
         if loss is None:
             raise ValueError("Restart works with SLFModel (the fused step), whose network it restarts.")
         learned = (loss.needs_lookahead and bool(loss.decision_variables)) or getattr(loss, "restarts", False)
+        self._restarts = learned
+        estimates = getattr(loss, "transition", None) is not None  # every strategy gets the estimate
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        if learned and steps and epochs and self.restarted_at == -1:
+        if (learned or estimates) and steps and epochs and self.restarted_at == -1:
             self._at = round(self.fraction * steps * epochs)
-            if self.fraction * epochs < self.min_epochs:
+            if learned and self.fraction * epochs < self.min_epochs:
                 self.restarted_at = -2
                 warnings.warn(
                     f"Restart skipped: {self.fraction * epochs:g} of the fit's {epochs} epochs come before it, "
@@ -253,7 +256,7 @@ class Restart(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         if self._at is not None and self._step == self._at:
             self._estimate_transition()
-        if self._at is not None and self._step == self._at and self.restarted_at == -1:
+        if self._at is not None and self._step == self._at and self.restarted_at == -1 and self._restarts:
             network = self.model.network
             keras.utils.set_random_seed(self.seed + 1)
             fresh = keras.models.clone_model(network)
@@ -273,7 +276,8 @@ class Restart(keras.callbacks.Callback):
         if getattr(loss, "transition", None) is None or self.model._validation is None:  # noqa: SLF001
             return
         x_val, y_val = self.model._validation  # noqa: SLF001 (SLFModel's clean split)
+        noisy = None if getattr(loss, "restarts", False) else self.train_data or self.fit_data  # glc: as published
         matrix, self.temperature = transition_lib.from_network(
-            self.model.network, x_val, y_val, loss.num_classes, loss.from_logits, noisy=self.train_data or self.fit_data
+            self.model.network, x_val, y_val, loss.num_classes, loss.from_logits, noisy=noisy
         )
         loss.set_transition(matrix)

@@ -133,6 +133,27 @@ def test_the_trainer_estimates_the_matrix_also_when_the_restart_is_skipped(tmp_p
     assert not np.allclose(trainer.loss.transition.numpy(), np.eye(trainer.data.num_classes))
 
 
+@pytest.mark.parametrize("strategy", ["uniform", "fixed"])
+def test_a_strategy_that_never_restarts_gets_the_estimate_at_the_restart_point(tmp_path, strategy):
+    trainer = Trainer(_pair_noise_config(**{"loss.strategy": strategy}), str(tmp_path))
+    results = trainer.run()
+    assert results["restarted_at"] == -1  # no restart
+    assert not np.allclose(trainer.loss.transition.numpy(), np.eye(trainer.data.num_classes))
+
+
+def test_glc_estimates_at_temperature_one_as_published(monkeypatch):
+    fitted = []
+    monkeypatch.setattr(transition, "fit_temperature", lambda z, labels: fitted.append(1) or 1.0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
+    network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    model = slf_tf.SLFModel(network, validation_data=(x[:32], y[:32]), val_batch_size=16)
+    model.compile(optimizer="adam", loss=slf_tf.create_loss("glc", ["cross_entropy", "forward"], num_classes=3))
+    restart = slf_tf.callbacks.Restart(0.4, min_epochs=0)
+    model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[restart])
+    assert restart.restarted_at == 8 and restart.temperature == 1.0 and not fitted
+
+
 def test_the_trainer_refuses_forward_without_a_restart(tmp_path):
     with pytest.raises(ValueError, match=r"estimated at the restart point, which this run lacks"):
         Trainer(_pair_noise_config(**{"decision.restart_fraction": 0.0}), str(tmp_path))

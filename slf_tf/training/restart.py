@@ -21,7 +21,9 @@ the rest of the budget (docs/design.md, "Committing in time").
 At the restart point, restarting or not, a ``forward`` candidate's noise matrix is
 estimated on the clean split from the network trained so far, its logits at the
 temperature that best predicts the noisy training labels (``slf_tf.transition``;
-docs/design.md, "What closes it"). ``glc`` restarts for that alone, with no decision.
+docs/design.md, "What closes it"). Strategies that never restart get the estimate at
+the restart point all the same. ``glc`` restarts for the estimate alone, with no
+decision, and estimates as its paper does (temperature 1).
 """
 
 from __future__ import annotations
@@ -71,6 +73,22 @@ class Restart:
         committed = float(tf.reduce_max(self.trainer.loss.expected_coefficients()))
         return committed >= self.commitment
 
+    @property
+    def estimates(self) -> bool:
+        """A ``forward`` noise matrix gets estimated: at the restart, or (strategies that never restart) at the
+        restart point all the same."""
+        return self.enabled or bool(self.fraction)
+
+    def estimate_due(self, step: int) -> bool:
+        """The estimate without a restart, before ``step``: for a strategy that never restarts (its fixed
+        weights, or no learned decision), at the restart fraction of the budget."""
+        return (
+            getattr(self.trainer.loss, "transition", None) is not None
+            and not self.enabled
+            and bool(self.fraction)
+            and step == round(self.fraction * self._total)
+        )
+
     def epochs_seen(self, step: int) -> float:
         """Passes over the training split by ``step`` (the global batch times the steps)."""
         t = self.trainer
@@ -95,14 +113,19 @@ class Restart:
         if getattr(loss, "transition", None) is None:
             return ""
         d = t.data
+        calibrate = not getattr(loss, "restarts", False)  # glc, the peer, estimates as its paper does
         matrix, tau = transition_lib.from_network(
-            t.model, d.x_val, d.y_val, loss.num_classes, loss.from_logits, noisy=(d.x_train, d.y_train)
+            t.model,
+            d.x_val,
+            d.y_val,
+            loss.num_classes,
+            loss.from_logits,
+            noisy=(d.x_train, d.y_train) if calibrate else None,
         )
         loss.set_transition(matrix)
         message = (
-            f"Step {step}: estimated the 'forward' candidate's noise matrix on the clean split at the "
-            f"temperature fitted to the noisy training labels ({tau:.3g}; mean diagonal "
-            f"{float(np.mean(np.diag(matrix))):.3f})."
+            f"Step {step}: estimated the 'forward' candidate's noise matrix on the clean split "
+            f"(temperature {tau:.3g}; mean diagonal {float(np.mean(np.diag(matrix))):.3f})."
         )
         logging.info("%s", message)
         return message

@@ -155,11 +155,11 @@ class Trainer:
             # The loss's running totals and the step at the start of the epoch (the "last epoch" table).
             self.epoch_start = tf.Variable(tf.zeros([4 * self.loss.num_losses + 2]), trainable=False)
             self.restart = restart_lib.Restart(self)
-            if getattr(self.loss, "transition", None) is not None and not self.restart.enabled:
+            if getattr(self.loss, "transition", None) is not None and not self.restart.estimates:
                 raise ValueError(
                     "The 'forward' candidate's noise matrix is estimated at the restart point, which this run lacks: "
-                    f"loss.strategy={c.loss.strategy!r}, decision.restart_fraction={c.decision.restart_fraction!r} "
-                    "(it needs slf, softmax, joint or glc, whose restart estimates it, and a restart fraction > 0)."
+                    f"decision.restart_fraction={c.decision.restart_fraction!r} (set a fraction in (0, 1), or "
+                    "leave 'forward' out of loss.candidates)."
                 )
         objects = {
             "model": self.model,
@@ -311,6 +311,8 @@ class Trainer:
             for step in range(start, total):
                 if self.restart.due_before(step):
                     self._restart(writer, step)
+                elif self.restart.estimate_due(step):  # a strategy that never restarts still gets the estimate
+                    writer.text(step, "slf/restart", self.restart.estimate_transition(step))
                 if step % steps_per_epoch == 0:  # where the "last epoch" window of the final table starts
                     self.epoch_start.assign(tf.concat([self.loss.totals, [float(step)]], axis=0))
                 latest.update(self._steps[step % c.decision.every == 0](iterator))  # keeps the last decision's
