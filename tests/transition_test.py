@@ -226,10 +226,13 @@ def test_glc_is_cross_entropy_until_the_estimate_then_forward():
     np.testing.assert_array_equal(again.selection_probabilities().numpy(), [0.0, 1.0])
 
 
-def test_the_trainer_runs_glc_through_its_restart(tmp_path):
+def test_the_trainer_runs_glc_through_its_restart(tmp_path, monkeypatch):
+    fitted = []
+    monkeypatch.setattr(transition, "fit_temperature", lambda z, labels: fitted.append(1) or 1.0)
     config = _pair_noise_config(**{"loss.strategy": "glc", "loss.candidates": ("cross_entropy", "forward")})
     trainer = Trainer(config, str(tmp_path))
     results = trainer.run()
+    assert not fitted, "glc estimates at temperature 1, as published"
     assert results["restarted_at"] == 20  # 40% of 50 steps
     assert results["decision"]["forward"]["selection_probability"] == 1.0
     assert not np.allclose(trainer.loss.transition.numpy(), np.eye(trainer.data.num_classes))
