@@ -301,7 +301,7 @@ def peers_overview(summary: dict) -> str:
     ``joint`` >= every other row. Returns "" when no setting has an example-weighting row.
     """
     chosen = {
-        setting: {k: np.asarray(v).mean() for k, v in sm["best"].items()}
+        setting: {k: round(float(np.mean(v)), 6) for k, v in sm["best"].items()}  # a tie of seeds stays a tie
         for setting, sm in summary.items()
         if not setting.startswith("diabetes")
         and "sweep" in sm["best"]
