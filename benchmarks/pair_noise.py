@@ -30,7 +30,7 @@ from absl import app, flags  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
 from benchmarks.curves import commit_step  # noqa: E402
-from benchmarks.quality_settings import SETTINGS, apply, parse_variants  # noqa: E402
+from benchmarks.quality_settings import SETTINGS, apply, parse_variants, sweep_losses  # noqa: E402
 from slf_tf.stochastic_loss import candidate_tag  # noqa: E402
 
 _SETTINGS = flags.DEFINE_list("settings", ["digits_pair40"], "Settings to diagnose.")
@@ -93,7 +93,7 @@ def main(argv):
     variants = {"slf": {"loss.strategy": "slf"}, **parse_variants(_VARIANTS.value)}
     report, lines = {}, []
     for setting in _SETTINGS.value:
-        candidates = list(SETTINGS[setting][0](_MNIST_DIR.value).loss.candidates)
+        candidates = sweep_losses(SETTINGS[setting][0](_MNIST_DIR.value))
         for seed in map(int, _SEEDS.value):
             fixed = {}
             for name in candidates:

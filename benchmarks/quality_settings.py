@@ -182,8 +182,7 @@ def strategies(config: ml_collections.ConfigDict, peers_only: bool = False) -> d
             fixed = {f"heads.{output}.fixed": loss for output, loss in zip(bags, pair, strict=True)}
             out["fixed:" + "+".join(pair)] = {"loss.strategy": "fixed", **fixed}
         return out | {name: {"loss.strategy": name} for name in ("softmax", "slf")}
-    fixed = [name for name in config.loss.candidates if name != "forward"]  # its matrix needs a restart: glc
-    out = {f"fixed:{name}": {"loss.strategy": "fixed", "loss.fixed": name} for name in fixed}
+    out = {f"fixed:{name}": {"loss.strategy": "fixed", "loss.fixed": name} for name in sweep_losses(config)}
     regression = config.data.name == "diabetes"
     names = PEER_STRATEGIES if peers_only else ("uniform", "random", "uncertainty", "softadapt", "softmax", "slf")
     if not peers_only and not regression:
@@ -195,6 +194,12 @@ def strategies(config: ml_collections.ConfigDict, peers_only: bool = False) -> d
     if not regression:  # Gold Loss Correction, the loss-correcting peer (its own bag: docs/design.md)
         out["glc"] = {"loss.strategy": "glc", "loss.candidates": ("cross_entropy", "forward")}
     return out
+
+
+def sweep_losses(config) -> list[str]:
+    """The candidates the sweep trains one by one: all but ``forward``, whose noise matrix needs a restart
+    (``fixed`` refuses it; ``glc`` is its standalone row)."""
+    return [name for name in config.loss.candidates if name != "forward"]
 
 
 def base_row(setting: str) -> str:

@@ -4,7 +4,7 @@ Run:  python -m benchmarks.step_overhead [--rounds 15] [--out benchmarks/results
 Models: the MLP on digits (64 features) and the small CNN on MNIST-shaped inputs
 (synthetic 28x28 images, 10 classes), batch 128. Variants, interleaved per round:
   ce            a plain tf.function step: forward, cross-entropy, Adam
-  bag_frozen    the trainer's step with the bag of 6 candidates, decision network frozen
+  bag_frozen    the trainer's step with the default bag (7 candidates), decision network frozen
   exact_every1  + the exact hypergradient every step (the defaults: the optimizer-aware virtual
                 step with the trust region)
   exact_sgd_every1  the same with the SGD virtual step w - eta g
@@ -253,10 +253,10 @@ def _keras_variant(name: str, model_name: str, dataset, every: int | None) -> _V
         model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     elif name.startswith("keras_slf_model"):
         model = slf_tf.SLFModel(network, (dataset.x_val, dataset.y_val), val_batch_size=BATCH, every=every)
-        model.compile(keras.optimizers.Adam(1e-3), slf_tf.StochasticLoss(bag, k=3))
+        model.compile(keras.optimizers.Adam(1e-3), slf_tf.StochasticLoss(bag, k=3, num_classes=10))
     else:
         model = network
-        model.compile(keras.optimizers.Adam(1e-3), slf_tf.StochasticLoss(bag, k=3))
+        model.compile(keras.optimizers.Adam(1e-3), slf_tf.StochasticLoss(bag, k=3, num_classes=10))
         validation = tf.data.Dataset.from_tensor_slices((dataset.x_val, dataset.y_val)).repeat().batch(BATCH)
         callbacks = [slf_tf.callbacks.DecisionUpdate(train, validation, every_n_batches=every)]
 
@@ -313,7 +313,8 @@ def _sequence_variant(name: str, every: int | None) -> _Variant:
     else:
         model = slf_tf.SLFModel(network, _synthetic_tokens(512, seed=1), val_batch_size=BATCH, every=every)
         model.compile(
-            keras.optimizers.Adam(1e-3), slf_tf.StochasticLoss(list(digits_config.get_config().loss.candidates), k=3)
+            keras.optimizers.Adam(1e-3),
+            slf_tf.StochasticLoss(list(digits_config.get_config().loss.candidates), k=3, num_classes=SEQUENCE_CLASSES),
         )
 
     def run(n):
