@@ -212,11 +212,11 @@ class Restart(keras.callbacks.Callback):
     fresh weights would not converge in the rest of the fit. ``restarted_at`` is then -2.
 
     At the restart point, restarting or not, a ``forward`` candidate's noise matrix is estimated on the
-    ``SLFModel``'s clean split from the network trained so far (``slf_tf.transition``; docs/design.md), at
-    the temperature under which the network best predicts the noisy training labels ``train_data``
-    (``(x, y)`` arrays). ``SLFModel.fit(x, y)`` passes its arrays; fitting on a dataset, pass them here, or
-    the temperature is 1 (a less sharp matrix under robust losses). ``glc`` estimates as its paper does,
-    at temperature 1.
+    ``SLFModel``'s clean split from the network trained so far (``slf_tf.transition``; docs/design.md), its
+    logits recalibrated to predict the noisy training labels ``train_data`` (``(x, y)`` arrays; a
+    temperature, then matrix scaling). ``SLFModel.fit(x, y)`` passes its arrays; fitting on a dataset, pass
+    them here, or there is no recalibration (a less sharp matrix under robust losses). ``glc`` estimates as
+    its paper does, without it.
     """
 
     def __init__(self, fraction: float = 0.4, seed: int = 0, min_epochs: float = 4.0, train_data: Any = None):
@@ -225,7 +225,7 @@ class Restart(keras.callbacks.Callback):
             raise ValueError(f"Restart train_data must be an (x, y) tuple of arrays; got {type(train_data).__name__}.")
         self.train_data = train_data
         self.fit_data = None  # set by SLFModel.fit(x, y): its arrays, when train_data is not given
-        self.temperature = None  # of the last estimate (slf_tf.transition.from_network)
+        self.calibration = None  # of the last estimate (slf_tf.transition.Calibration)
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"Restart fraction must be in (0, 1); got {fraction!r}.")
         if not (isinstance(min_epochs, (int, float)) and 0.0 <= min_epochs < float("inf")):
@@ -277,7 +277,7 @@ class Restart(keras.callbacks.Callback):
             return
         x_val, y_val = self.model._validation  # noqa: SLF001 (SLFModel's clean split)
         noisy = None if getattr(loss, "restarts", False) else self.train_data or self.fit_data  # glc: as published
-        matrix, self.temperature = transition_lib.from_network(
+        matrix, self.calibration = transition_lib.from_network(
             self.model.network, x_val, y_val, loss.num_classes, loss.from_logits, noisy=noisy
         )
         loss.set_transition(matrix)

@@ -8,18 +8,23 @@ closes it").
 
 That network has trained on SLF's mixture, mostly robust losses, so its softmax sits nearer the clean labels
 than a cross-entropy network's would, and the plain estimate under-states the noise. Given the noisy training
-split, :func:`from_network` first divides the logits by the temperature under which they best predict the
-noisy training labels (:func:`fit_temperature`), then averages.
+split, :func:`from_network` first recalibrates the logits to predict the noisy training labels
+(:func:`calibrate`: the temperature that fits them best, then matrix scaling, an affine map of the logits
+fitted to them), then averages the recalibrated softmax. A temperature can only spread the network's mass
+over the classes it already confuses; the matrix learns which class's evidence the noisy labels follow
+(a flip from class i to class j), which a network trained on robust losses no longer shows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
+import scipy.optimize
 import tensorflow as tf
 
-__all__ = ["check", "estimate", "fit_temperature", "from_network"]
+__all__ = ["Calibration", "calibrate", "check", "estimate", "fit_temperature", "from_network"]
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.25), np.log(50.0), 241))  # the search grid of fit_temperature
 
@@ -75,6 +80,71 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(min(TEMPERATURES, key=nll))
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Logits recalibrated to the noisy training labels: ``(logits / temperature) @ matrix + bias``."""
+
+    temperature: float
+    matrix: np.ndarray  # [C, C]
+    bias: np.ndarray  # [C]
+
+    @classmethod
+    def identity(cls, num_classes: int) -> Calibration:
+        """No recalibration (GLC as published; or no noisy training labels to fit)."""
+        return cls(1.0, np.eye(num_classes), np.zeros(num_classes))
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        return (np.asarray(logits, np.float64) / self.temperature) @ self.matrix + self.bias
+
+    def describe(self) -> str:
+        if self == Calibration.identity(len(self.bias)):
+            return "not recalibrated"
+        return f"recalibrated to the noisy training labels: temperature {self.temperature:.3g}, then matrix scaling"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Calibration)
+            and self.temperature == other.temperature
+            and np.array_equal(self.matrix, other.matrix)
+            and np.array_equal(self.bias, other.bias)
+        )
+
+    __hash__ = None
+
+
+MATRIX_L2 = 1e-3  # pulls the matrix towards the identity (the temperature's fit) where the labels say little
+
+
+def calibrate(logits: np.ndarray, labels: np.ndarray) -> Calibration:
+    """The affine map of ``logits [n, C]`` under whose softmax ``labels`` are likeliest: :func:`fit_temperature`,
+    then matrix scaling (Guo et al. 2017) started from it, a multinomial logistic regression of the labels on
+    the tempered logits (L-BFGS; an L2 pull of ``MATRIX_L2`` towards the identity)."""
+    tau = fit_temperature(logits, labels)
+    z = np.asarray(logits, np.float64) / tau
+    labels = np.asarray(labels).reshape(-1)
+    n, c = z.shape
+    one_hot = np.eye(c)[labels]
+    eye = np.eye(c)
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        matrix, bias = theta[: c * c].reshape(c, c), theta[c * c :]
+        a = z @ matrix + bias
+        p = np.exp(a - a.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        nll = -np.mean(np.log(p[np.arange(n), labels] + 1e-12))
+        residual = (p - one_hot) / n
+        grad_matrix = z.T @ residual + MATRIX_L2 * (matrix - eye)
+        value = nll + 0.5 * MATRIX_L2 * np.sum((matrix - eye) ** 2)
+        return value, np.concatenate([grad_matrix.ravel(), residual.sum(axis=0)])
+
+    start = np.concatenate([eye.ravel(), np.zeros(c)])
+    fit = scipy.optimize.minimize(objective, start, jac=True, method="L-BFGS-B", options={"maxiter": 500})
+    matrix, bias = fit.x[: c * c].reshape(c, c), fit.x[c * c :]
+    if not (np.isfinite(matrix).all() and np.isfinite(bias).all()):  # never: the objective is convex and smooth
+        return Calibration(tau, eye, np.zeros(c))
+    return Calibration(tau, matrix, bias)
+
+
 def _outputs(network: Any, x: Any, batch_size: int) -> np.ndarray:
     return np.concatenate(
         [np.asarray(network(x[i : i + batch_size], training=False)) for i in range(0, len(x), batch_size)]
@@ -97,23 +167,24 @@ def from_network(
     batch_size: int = 512,
     noisy: tuple[Any, Any] | None = None,
     max_noisy: int = 10_000,
-) -> tuple[np.ndarray, float]:
-    """``(T, tau)``: :func:`estimate` from ``network``'s softmax at temperature ``tau`` on the clean examples
+) -> tuple[np.ndarray, Calibration]:
+    """``(T, calibration)``: :func:`estimate` from ``network``'s recalibrated softmax on the clean examples
     ``(x, y)`` (labels or one-hot).
 
-    ``noisy``: the noisy training split ``(x, y)`` as arrays; ``tau`` is fitted to its labels
-    (:func:`fit_temperature`; every k-th example, so that at most ``max_noisy`` are read). Without it ``tau``
-    is 1. A network with probability outputs (``from_logits=False``) is read through their logarithm.
+    ``noisy``: the noisy training split ``(x, y)`` as arrays; the calibration is fitted to its labels
+    (:func:`calibrate`; every k-th example, so that at most ``max_noisy`` are read). Without it there is none
+    (GLC as published). A network with probability outputs (``from_logits=False``) is read through their
+    logarithm.
     """
 
     def logits_of(inputs: Any) -> np.ndarray:
         outputs = _outputs(network, inputs, batch_size)
         return outputs if from_logits else np.log(np.clip(outputs, 1e-12, 1.0))
 
-    tau = 1.0
+    calibration = Calibration.identity(num_classes)
     if noisy is not None:
         x_noisy, y_noisy = np.asarray(noisy[0]), _labels(noisy[1], num_classes)
         every = -(-len(y_noisy) // max_noisy)  # ceil: a spread subset, whatever order the split is in
-        tau = fit_temperature(logits_of(x_noisy[::every]), y_noisy[::every])
-    probabilities = tf.nn.softmax(logits_of(x) / tau).numpy()
-    return estimate(probabilities, _labels(y, num_classes), num_classes), tau
+        calibration = calibrate(logits_of(x_noisy[::every]), y_noisy[::every])
+    probabilities = tf.nn.softmax(calibration(logits_of(x))).numpy()
+    return estimate(probabilities, _labels(y, num_classes), num_classes), calibration

@@ -39,7 +39,7 @@ def test_fit_temperature_recovers_the_temperature_the_labels_were_drawn_at():
         transition.fit_temperature(logits[:2], np.array([0, 1, 2]))
 
 
-def test_from_network_averages_the_softmax_at_the_temperature_fitted_to_the_noisy_labels():
+def test_from_network_averages_the_softmax_recalibrated_to_the_noisy_labels():
     rng = np.random.default_rng(1)
     kernel = rng.normal(size=(4, 3)).astype(np.float32) * 3
     network = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, use_bias=False)])
@@ -48,16 +48,39 @@ def test_from_network_averages_the_softmax_at_the_temperature_fitted_to_the_nois
     p = tf.nn.softmax(x_noisy @ kernel / 2.0).numpy()
     y_noisy = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)  # drawn at temperature 2
     x, y = rng.normal(size=(300, 4)).astype(np.float32), rng.integers(0, 3, 300)
-    T, tau = transition.from_network(network, x, y, 3, noisy=(x_noisy, y_noisy), max_noisy=6_000)
-    assert tau == pytest.approx(2.0, rel=0.08)
-    expected = transition.estimate(tf.nn.softmax(x @ kernel / tau).numpy(), y, 3)
-    np.testing.assert_allclose(T, expected, rtol=1e-5, atol=1e-6)
-    plain, one = transition.from_network(network, x, keras.utils.to_categorical(y, 3), 3)
-    assert one == 1.0
-    np.testing.assert_allclose(plain, transition.estimate(tf.nn.softmax(x @ kernel).numpy(), y, 3), rtol=1e-5)
+    T, calibration = transition.from_network(network, x, y, 3, noisy=(x_noisy, y_noisy), max_noisy=6_000)
+    assert calibration.temperature == pytest.approx(2.0, rel=0.08)
+    logits = x @ kernel
+    np.testing.assert_allclose(T, transition.estimate(tf.nn.softmax(calibration(logits)).numpy(), y, 3), rtol=1e-5)
+    # The labels follow the tempered softmax, so the matrix stays near the identity: T is the temperature-2 one.
+    np.testing.assert_allclose(T, transition.estimate(tf.nn.softmax(logits / 2.0).numpy(), y, 3), atol=0.02)
+    plain, none = transition.from_network(network, x, keras.utils.to_categorical(y, 3), 3)
+    assert none == transition.Calibration.identity(3) and none.describe() == "not recalibrated"
+    np.testing.assert_allclose(plain, transition.estimate(tf.nn.softmax(logits).numpy(), y, 3), rtol=1e-5)
     probabilities = keras.Sequential([network, keras.layers.Softmax()])  # read through the logarithm
-    _, tau_p = transition.from_network(probabilities, x, y, 3, from_logits=False, noisy=(x_noisy, y_noisy))
-    assert tau_p == pytest.approx(tau, rel=0.03)
+    T_p, _ = transition.from_network(probabilities, x, y, 3, from_logits=False, noisy=(x_noisy, y_noisy))
+    np.testing.assert_allclose(T_p, T, atol=0.01)
+
+
+def test_matrix_scaling_finds_the_flip_a_temperature_cannot():
+    # A network that has learned the clean classes (no sign of the pair) and labels flipped i -> i + 1 at 40%.
+    rng = np.random.default_rng(0)
+    classes, n = 10, 6_000
+    clean = rng.integers(0, classes, n)
+    logits = 5 * np.eye(classes)[clean] + rng.normal(size=(n, classes))
+    noisy = np.where(rng.random(n) < 0.4, (clean + 1) % classes, clean)
+    x_val, y_val = logits[:1_000], clean[:1_000]
+    flip = np.roll(np.eye(classes), 1, axis=1).astype(bool)
+    other = ~flip & ~np.eye(classes, dtype=bool)
+
+    calibration = transition.calibrate(logits[1_000:], noisy[1_000:])
+    T = transition.estimate(tf.nn.softmax(calibration(x_val)).numpy(), y_val, classes)
+    tau = transition.fit_temperature(logits[1_000:], noisy[1_000:])
+    T_tau = transition.estimate(tf.nn.softmax(x_val / tau).numpy(), y_val, classes)
+    assert T[flip].mean() > 0.2 and T[flip].mean() > 4 * T[other].mean(), (T[flip].mean(), T[other].mean())
+    assert T_tau[flip].mean() < 1.5 * T_tau[other].mean()  # the temperature spreads mass evenly
+    truth = 0.6 * np.eye(classes) + 0.4 * flip
+    assert np.abs(T - truth).sum() < 0.4 * np.abs(T_tau - truth).sum()  # 2.2 against 8.0
 
 
 def test_forward_is_cross_entropy_under_identity_and_the_noisy_likelihood_under_pair_flip():
@@ -111,12 +134,12 @@ def _pair_noise_config(**overrides):
 
 def test_the_trainer_estimates_the_matrix_at_the_restart_and_keeps_it_on_resume(tmp_path, monkeypatch):
     fitted_on = []
-    fit = transition.fit_temperature
-    monkeypatch.setattr(transition, "fit_temperature", lambda z, labels: fitted_on.append(labels) or fit(z, labels))
+    fit = transition.calibrate
+    monkeypatch.setattr(transition, "calibrate", lambda z, labels: fitted_on.append(labels) or fit(z, labels))
     config = _pair_noise_config()
     trainer = Trainer(config, str(tmp_path))
     trainer.run()
-    assert len(fitted_on) == 1, "the temperature is fitted once, at the restart point"
+    assert len(fitted_on) == 1, "the calibration is fitted once, at the restart point"
     np.testing.assert_array_equal(fitted_on[0], trainer.data.y_train)  # to the noisy training labels
     T = trainer.loss.transition.numpy()
     assert not np.allclose(T, np.eye(T.shape[0])), "not estimated at the restart"
@@ -141,9 +164,9 @@ def test_a_strategy_that_never_restarts_gets_the_estimate_at_the_restart_point(t
     assert not np.allclose(trainer.loss.transition.numpy(), np.eye(trainer.data.num_classes))
 
 
-def test_glc_estimates_at_temperature_one_as_published(monkeypatch):
+def test_glc_estimates_without_recalibration_as_published(monkeypatch):
     fitted = []
-    monkeypatch.setattr(transition, "fit_temperature", lambda z, labels: fitted.append(1) or 1.0)
+    monkeypatch.setattr(transition, "calibrate", lambda z, labels: fitted.append(1))
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
     network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
@@ -151,7 +174,7 @@ def test_glc_estimates_at_temperature_one_as_published(monkeypatch):
     model.compile(optimizer="adam", loss=slf_tf.create_loss("glc", ["cross_entropy", "forward"], num_classes=3))
     restart = slf_tf.callbacks.Restart(0.4, min_epochs=0)
     model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[restart])
-    assert restart.restarted_at == 8 and restart.temperature == 1.0 and not fitted
+    assert restart.restarted_at == 8 and restart.calibration == transition.Calibration.identity(3) and not fitted
 
 
 def test_the_trainer_refuses_forward_without_a_restart(tmp_path):
@@ -175,13 +198,14 @@ def test_the_restart_callback_estimates_the_matrix_restarting_or_not(min_epochs)
     else:
         model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[restart])
     assert restart.restarted_at == (-2 if min_epochs else 8)
-    assert restart.temperature != 1.0, "SLFModel.fit(x, y) gives the callback its arrays to fit it to"
+    identity = transition.Calibration.identity(3)
+    assert restart.calibration != identity, "SLFModel.fit(x, y) gives the callback its arrays to fit it to"
     T = loss.transition.numpy()
     assert not np.allclose(T, np.eye(3)), "not estimated at the restart point"
     np.testing.assert_allclose(T.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_the_restart_callback_fitting_on_a_dataset_uses_temperature_one_or_the_arrays_it_is_given():
+def test_the_restart_callback_fitting_on_a_dataset_recalibrates_only_with_the_arrays_it_is_given():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
     xv, yv = rng.normal(size=(32, 5)).astype(np.float32), rng.integers(0, 3, 32)
@@ -194,7 +218,7 @@ def test_the_restart_callback_fitting_on_a_dataset_uses_temperature_one_or_the_a
         )
         restart = slf_tf.callbacks.Restart(0.4, min_epochs=0, train_data=given)
         model.fit(dataset, epochs=5, verbose=0, callbacks=[restart])
-        assert (restart.temperature == 1.0) == expected_one
+        assert (restart.calibration == transition.Calibration.identity(3)) == expected_one
     with pytest.raises(ValueError, match=r"Restart train_data must be an \(x, y\) tuple of arrays; got list"):
         slf_tf.callbacks.Restart(train_data=[x, y])
 
@@ -228,11 +252,11 @@ def test_glc_is_cross_entropy_until_the_estimate_then_forward():
 
 def test_the_trainer_runs_glc_through_its_restart(tmp_path, monkeypatch):
     fitted = []
-    monkeypatch.setattr(transition, "fit_temperature", lambda z, labels: fitted.append(1) or 1.0)
+    monkeypatch.setattr(transition, "calibrate", lambda z, labels: fitted.append(1))
     config = _pair_noise_config(**{"loss.strategy": "glc", "loss.candidates": ("cross_entropy", "forward")})
     trainer = Trainer(config, str(tmp_path))
     results = trainer.run()
-    assert not fitted, "glc estimates at temperature 1, as published"
+    assert not fitted, "glc estimates without recalibration, as published"
     assert results["restarted_at"] == 20  # 40% of 50 steps
     assert results["decision"]["forward"]["selection_probability"] == 1.0
     assert not np.allclose(trainer.loss.transition.numpy(), np.eye(trainer.data.num_classes))

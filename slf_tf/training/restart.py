@@ -19,11 +19,11 @@ fitted little label noise, and fresh weights would not train to convergence in
 the rest of the budget (docs/design.md, "Committing in time").
 
 At the restart point, restarting or not, a ``forward`` candidate's noise matrix is
-estimated on the clean split from the network trained so far, its logits at the
-temperature that best predicts the noisy training labels (``slf_tf.transition``;
-docs/design.md, "What closes it"). Strategies that never restart get the estimate at
-the restart point all the same. ``glc`` restarts for the estimate alone, with no
-decision, and estimates as its paper does (temperature 1).
+estimated on the clean split from the network trained so far, its logits recalibrated
+to predict the noisy training labels (a temperature, then matrix scaling:
+``slf_tf.transition``; docs/design.md, "What closes it"). Strategies that never restart
+get the estimate at the restart point all the same. ``glc`` restarts for the estimate
+alone, with no decision, and estimates as its paper does (no recalibration).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Restart:
             return ""
         d = t.data
         calibrate = not getattr(loss, "restarts", False)  # glc, the peer, estimates as its paper does
-        matrix, tau = transition_lib.from_network(
+        matrix, calibration = transition_lib.from_network(
             t.model,
             d.x_val,
             d.y_val,
@@ -125,7 +125,7 @@ class Restart:
         loss.set_transition(matrix)
         message = (
             f"Step {step}: estimated the 'forward' candidate's noise matrix on the clean split "
-            f"(temperature {tau:.3g}; mean diagonal {float(np.mean(np.diag(matrix))):.3f})."
+            f"({calibration.describe()}; mean diagonal {float(np.mean(np.diag(matrix))):.3f})."
         )
         logging.info("%s", message)
         return message
