@@ -214,9 +214,10 @@ class Restart(keras.callbacks.Callback):
     At the restart point, restarting or not, a ``forward`` candidate's noise matrix is estimated on the
     ``SLFModel``'s clean split from the network trained so far (``slf_tf.transition``; docs/design.md), its
     logits recalibrated to predict the noisy training labels ``train_data`` (``(x, y)`` arrays; a
-    temperature, then matrix scaling). ``SLFModel.fit(x, y)`` passes its arrays; fitting on a dataset, pass
-    them here, or there is no recalibration (a less sharp matrix under robust losses). ``glc`` estimates as
-    its paper does, without it.
+    temperature, then matrix scaling), and the decision's logits for ``forward`` (learned while it was
+    cross-entropy) return to 0 with their optimizer moments. ``SLFModel.fit(x, y)`` passes its arrays;
+    fitting on a dataset, pass them here, or there is no recalibration (a less sharp matrix under robust
+    losses). ``glc`` estimates as its paper does, without it.
     """
 
     def __init__(self, fraction: float = 0.4, seed: int = 0, min_epochs: float = 4.0, train_data: Any = None):
@@ -281,3 +282,4 @@ class Restart(keras.callbacks.Callback):
             self.model.network, x_val, y_val, loss.num_classes, loss.from_logits, noisy=noisy
         )
         loss.set_transition(matrix)
+        loss.forget_candidate("forward", self.model.decision_optimizer)  # until now it was cross-entropy

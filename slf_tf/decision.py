@@ -76,10 +76,42 @@ class DecisionNetwork(keras.layers.Layer):
         out = self.head(self.hidden(tf.reshape(features, [1, -1])))[0]
         return out[: self.num_losses], out[self.num_losses :]
 
+    def forget(self, index: int, optimizer: keras.optimizers.Optimizer | None = None) -> None:
+        """Returns candidate ``index``'s logits to their initial 0, and their moments in ``optimizer`` to 0.
+
+        For a candidate whose definition changed mid-run (``forward`` is cross-entropy until its noise matrix
+        is estimated), what the decision learned of it no longer holds; it starts again where every logit
+        started. The ``state`` network's shared hidden layer is kept; its output weights for the candidate
+        are zeroed.
+        """
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.num_losses:
+            raise ValueError(f"forget: index must be an int in [0, {self.num_losses}); got {index!r}.")
+        n = self.num_losses
+        keep_one = tf.tensor_scatter_nd_update(tf.ones([n]), [[index]], [0.0])
+        if self.kind == "static":
+            masks = [(self.alpha, keep_one), (self.beta, keep_one)]
+        else:
+            keep_two = tf.concat([keep_one, keep_one], axis=0)  # the head's outputs: alpha then beta
+            masks = [(self.head.kernel, keep_two[None, :]), (self.head.bias, keep_two)]
+        for variable, keep in masks:
+            slots = _optimizer_slots(optimizer, variable) if optimizer is not None else []
+            for target in (variable, *slots):
+                target.assign(target.value * tf.cast(keep, target.dtype))
+
     def get_config(self):
         config = super().get_config()
         config.update(num_losses=self.num_losses, kind=self.kind, hidden_units=self.hidden_units)
         return config
+
+
+def _optimizer_slots(optimizer: keras.optimizers.Optimizer, variable: keras.Variable) -> list:
+    """The optimizer's per-weight state for ``variable`` (Adam's moments, SGD's momentum, ...).
+
+    Keras names a slot ``<variable path with '/' as '_'>_<slot>`` with the variable's shape
+    (``Optimizer.add_variable_from_reference``).
+    """
+    prefix = variable.path.replace("/", "_") + "_"
+    return [v for v in optimizer.variables if v.name.startswith(prefix) and tuple(v.shape) == tuple(variable.shape)]
 
 
 def create_decision_network(kind: str, num_losses: int, **kwargs: Any) -> DecisionNetwork:

@@ -231,6 +231,14 @@ class CombinedLoss(keras.losses.Loss):
             raise ValueError(f"This loss has no 'forward' candidate, so no noise matrix; its bag: {self.bag.specs}.")
         self.transition.assign(transition_lib.check(matrix, self.num_classes))
 
+    def forget_candidate(self, name: str, optimizer: keras.optimizers.Optimizer | None = None) -> bool:
+        """Forgets what the decision learned of candidate ``name`` (``DecisionNetwork.forget``); called when
+        ``forward`` gets its noise matrix. Returns whether there was anything to forget: a loss without
+        per-candidate decision logits has none."""
+        if name not in self.names:
+            raise ValueError(f"forget_candidate: {name!r} is not in this loss's bag; its bag: {self.names}.")
+        return False
+
     # ------------------------------------------------------------- the choice --
 
     def features(self) -> tf.Tensor:
@@ -533,6 +541,11 @@ class StochasticLoss(CombinedLoss):
     @property
     def needs_val_loss_before(self) -> bool:
         return not self.selector.pathwise  # the REINFORCE reward J(w) - J(w')
+
+    def forget_candidate(self, name, optimizer=None):
+        super().forget_candidate(name, optimizer)
+        self.decision_network.forget(self.names.index(name), optimizer)
+        return True
 
     def logits(self) -> tuple[tf.Tensor, tf.Tensor]:
         """The decision network's current ``(alpha, beta)``."""

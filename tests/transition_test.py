@@ -229,13 +229,21 @@ def _mirrored():
     return config
 
 
-def test_the_estimate_reaches_every_replica_under_mirrored_strategy(tmp_path):
+def test_the_estimate_and_the_forgetting_reach_every_replica_under_mirrored_strategy(tmp_path, monkeypatch):
+    forgotten, forget = [], slf_tf.decision.DecisionNetwork.forget
+
+    def spy(network, index, optimizer=None):
+        forget(network, index, optimizer)
+        forgotten.append([v.numpy()[index] for v in network.alpha.value._values])  # noqa: SLF001 (each replica)
+
+    monkeypatch.setattr(slf_tf.decision.DecisionNetwork, "forget", spy)
     trainer = Trainer(_mirrored(), str(tmp_path))
     assert trainer.strategy.num_replicas_in_sync == 2
     trainer.run()
     copies = [v.numpy() for v in trainer.loss.transition.value._values]  # noqa: SLF001 (each replica's copy)
     assert not np.allclose(copies[0], np.eye(copies[0].shape[0]))
     np.testing.assert_array_equal(copies[0], copies[1])
+    assert forgotten == [[0.0, 0.0]]
 
 
 def test_glc_is_cross_entropy_until_the_estimate_then_forward():
@@ -269,3 +277,85 @@ def test_several_outputs_refuse_forward():
     }
     with pytest.raises(ValueError, match=r"Outputs \['a'\] have the 'forward' candidate"):
         slf_tf.HeadLosses(heads)
+
+
+# ------------------------------------------------ forgetting what `forward` was --
+
+
+@pytest.mark.parametrize("kind", ["static", "state"])
+def test_forget_returns_one_candidates_logits_and_moments_to_zero(kind):
+    network = slf_tf.decision.create_decision_network(kind, 4, hidden_units=5, name=f"forget_{kind}")
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build(network.trainable_variables)
+    rng = np.random.default_rng(0)
+    for variable in [*network.trainable_variables, *optimizer.variables[2:]]:  # past iterations, learning rate
+        variable.assign(rng.normal(size=variable.shape).astype(np.float32) ** 2 + 0.1)
+    features = tf.constant(rng.normal(size=[slf_tf.decision.feature_size(4)]), tf.float32)
+    before = [t.numpy() for t in network(features)]
+    hidden = [v.numpy() for v in getattr(network, "hidden", network).weights] if kind == "state" else []
+    slots = {v.name: v.numpy() for v in optimizer.variables[2:]}
+
+    network.forget(2, optimizer)
+
+    for old, new in zip(before, network(features), strict=True):  # alpha, then beta
+        assert new.numpy()[2] == 0.0
+        np.testing.assert_allclose(np.delete(new.numpy(), 2), np.delete(old, 2), rtol=1e-6)
+    for old, new in zip(hidden, network.hidden.weights if kind == "state" else [], strict=True):
+        np.testing.assert_array_equal(new.numpy(), old)  # the shared hidden layer is kept
+    columns = [2] if kind == "static" else [2, 6]  # the head's outputs are alpha then beta
+    changed = 0
+    for variable in optimizer.variables[2:]:
+        value, old = variable.numpy(), slots[variable.name]
+        if np.array_equal(value, old):
+            continue
+        changed += 1
+        expected = old.copy()
+        expected[..., columns] = 0.0  # exactly the candidate's entries, every one of them
+        np.testing.assert_array_equal(value, expected)
+    assert changed == 4, "Adam's two moments of the two variables holding the candidate's logits"
+    with pytest.raises(ValueError, match=r"forget: index must be an int in \[0, 4\); got 4"):
+        network.forget(4)
+
+
+def _spy_on_forget(monkeypatch) -> list:
+    """Records each ``DecisionNetwork.forget``: the index, the optimizer, and the logits before and after."""
+    calls, forget = [], slf_tf.decision.DecisionNetwork.forget
+
+    def spy(network, index, optimizer=None):
+        before = network.alpha.numpy().copy()
+        forget(network, index, optimizer)
+        calls.append((index, optimizer, before, network.alpha.numpy().copy(), network.beta.numpy().copy()))
+
+    monkeypatch.setattr(slf_tf.decision.DecisionNetwork, "forget", spy)
+    return calls
+
+
+@pytest.mark.parametrize("strategy", ["slf", "joint"])
+def test_the_trainer_forgets_what_the_decision_learned_of_forward_at_the_estimate(tmp_path, monkeypatch, strategy):
+    calls = _spy_on_forget(monkeypatch)
+    trainer = Trainer(_pair_noise_config(**{"loss.strategy": strategy}), str(tmp_path))
+    trainer.run()
+    assert len(calls) == 1, "once, at the estimate"
+    index, optimizer, before, alpha, beta = calls[0]
+    assert index == 2 and optimizer is trainer.decision_optimizer  # ("cross_entropy", "mae", "forward")
+    assert before[2] != 0.0, "the decision had learned something of forward (as cross-entropy) by then"
+    assert alpha[2] == 0.0 and beta[2] == 0.0 and np.array_equal(alpha[:2], before[:2])
+
+
+def test_the_restart_callback_forgets_what_the_decision_learned_of_forward(monkeypatch):
+    calls = _spy_on_forget(monkeypatch)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 5)).astype(np.float32), rng.integers(0, 3, 64)
+    network = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3)])
+    model = slf_tf.SLFModel(network, validation_data=(x[:32], y[:32]), val_batch_size=16)
+    model.compile(optimizer="adam", loss=slf_tf.create_loss("slf", ["cross_entropy", "forward"], k=1, num_classes=3))
+    model.fit(x, y, batch_size=16, epochs=5, verbose=0, callbacks=[slf_tf.callbacks.Restart(0.4, min_epochs=0)])
+    assert len(calls) == 1 and calls[0][0] == 1 and calls[0][1] is model.decision_optimizer
+    assert calls[0][2][1] != 0.0 and calls[0][3][1] == 0.0
+
+
+def test_losses_without_decision_logits_have_nothing_to_forget():
+    glc = slf_tf.create_loss("glc", ["cross_entropy", "forward"], num_classes=3)
+    assert glc.forget_candidate("forward") is False
+    with pytest.raises(ValueError, match=r"forget_candidate: 'gce' is not in this loss's bag"):
+        glc.forget_candidate("gce")

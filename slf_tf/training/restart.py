@@ -21,7 +21,9 @@ the rest of the budget (docs/design.md, "Committing in time").
 At the restart point, restarting or not, a ``forward`` candidate's noise matrix is
 estimated on the clean split from the network trained so far, its logits recalibrated
 to predict the noisy training labels (a temperature, then matrix scaling:
-``slf_tf.transition``; docs/design.md, "What closes it"). Strategies that never restart
+``slf_tf.transition``; docs/design.md, "What closes it"). A learned decision then forgets
+what it learned of ``forward`` while it was cross-entropy: its logits and their optimizer
+moments return to 0 (``DecisionNetwork.forget``). Strategies that never restart
 get the estimate at the restart point all the same. ``glc`` restarts for the estimate
 alone, with no decision, and estimates as its paper does (no recalibration).
 """
@@ -123,9 +125,11 @@ class Restart:
             noisy=(d.x_train, d.y_train) if calibrate else None,
         )
         loss.set_transition(matrix)
+        forgot = loss.forget_candidate("forward", t.decision_optimizer)  # until now it was cross-entropy
         message = (
             f"Step {step}: estimated the 'forward' candidate's noise matrix on the clean split "
-            f"({calibration.describe()}; mean diagonal {float(np.mean(np.diag(matrix))):.3f})."
+            f"({calibration.describe()}; mean diagonal {float(np.mean(np.diag(matrix))):.3f})"
+            + ("; the decision's logits for it start again from 0." if forgot else ".")
         )
         logging.info("%s", message)
         return message
