@@ -91,15 +91,14 @@ def _config(
 class _Variant:
     """A callable that runs ``n`` training steps of one variant."""
 
-    def __init__(self, name: str, run_steps, traced):
-        self.name, self.run_steps, self.traced = name, run_steps, traced
+    def __init__(self, name: str, run_steps, traced, model: keras.Model | None = None):
+        self.name, self.run_steps, self.traced, self.model = name, run_steps, traced, model
 
 
 def _plain_ce(model_name: str, dataset: data_lib.Dataset) -> _Variant:
+    """A plain cross-entropy step of the model the trainer's variants train (the config's sizes)."""
     keras.utils.set_random_seed(0)
-    from slf_tf import models
-
-    model = models.create_model(model_name, dataset.input_shape, 10, image_shape=dataset.image_shape)
+    model = Trainer(_config(model_name), tempfile.mkdtemp(prefix="slf_bench_"), dataset=dataset).model
     opt = keras.optimizers.Adam(1e-3)
     opt.build(model.trainable_variables)
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -133,7 +132,7 @@ def _plain_ce(model_name: str, dataset: data_lib.Dataset) -> _Variant:
             out = step(ds)
         return out
 
-    return _Variant("ce", run, lambda: {"step": step.experimental_get_tracing_count()})
+    return _Variant("ce", run, lambda: {"step": step.experimental_get_tracing_count()}, model)
 
 
 def _trainer_variant(name: str, config, decision_every: int | None, dataset) -> _Variant:
@@ -155,7 +154,7 @@ def _trainer_variant(name: str, config, decision_every: int | None, dataset) -> 
             "full_step": trainer._steps[True].experimental_get_tracing_count(),
         }
 
-    return _Variant(name, run, traced)
+    return _Variant(name, run, traced, trainer.model)
 
 
 def _trainer_variants(model_name: str) -> dict[str, tuple]:

@@ -32,3 +32,24 @@ def test_the_step_overhead_keras_paths_run_the_default_bag():
     done = subprocess.run([sys.executable, "-c", _KERAS_PATHS], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("ran")
+
+
+_SAME_MODEL = """
+from benchmarks import step_overhead
+from slf_tf import data
+digits = data.load("digits", seed=0)
+ce = step_overhead._plain_ce("mlp", digits)
+slf = step_overhead._trainer_variant("bag_frozen", step_overhead._config("mlp"), None, digits)
+shapes = lambda v: [tuple(w.shape) for w in v.model.trainable_variables]
+assert shapes(ce) == shapes(slf), (shapes(ce), shapes(slf))
+ce.run_steps(2)
+print("same", shapes(ce)[0])
+"""
+
+
+def test_the_step_overhead_baseline_is_the_model_the_trainer_variants_train():
+    # The ratios compare steps of one model: the CE baseline once built the default 256-128 MLP against the
+    # trainer's 128-64 (configs/digits.py).
+    done = subprocess.run([sys.executable, "-c", _SAME_MODEL], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("same (64, 128)")
