@@ -23,7 +23,8 @@ tokens, 20 positions, 50 classes) is timed on the Keras path only: SLFModel agai
 SparseCategoricalCrossentropy fit of the same model.
 Goals (CPU): bag <= 1.15x, exact every 10 <= 1.3x, exact every step <= 2.5x on the
 CNN, finite difference <= exact, JVP <= finite difference. Medians over rounds, and the
-interquartile range of the per-round ratio; traces per step function.
+interquartile range of the per-round ratio; traces and graph ops (after Grappler, the same on every
+machine) per step function.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ def _config(
 class _Variant:
     """A callable that runs ``n`` training steps of one variant."""
 
-    def __init__(self, name: str, run_steps, traced, model: keras.Model | None = None):
+    def __init__(self, name: str, run_steps, traced, model: keras.Model | None = None, graph_ops=dict):
         self.name, self.run_steps, self.traced, self.model = name, run_steps, traced, model
+        self.graph_ops = graph_ops  # () -> {step function: ops after Grappler} (after the first steps)
 
 
 def _plain_ce(model_name: str, dataset: data_lib.Dataset) -> _Variant:
@@ -132,7 +134,8 @@ def _plain_ce(model_name: str, dataset: data_lib.Dataset) -> _Variant:
             out = step(ds)
         return out
 
-    return _Variant("ce", run, lambda: {"step": step.experimental_get_tracing_count()}, model)
+    traced = lambda: {"step": step.experimental_get_tracing_count()}  # noqa: E731
+    return _Variant("ce", run, traced, model, lambda: {"step": harness.graph_ops(step.get_concrete_function(ds))})
 
 
 def _trainer_variant(name: str, config, decision_every: int | None, dataset) -> _Variant:
@@ -154,7 +157,15 @@ def _trainer_variant(name: str, config, decision_every: int | None, dataset) -> 
             "full_step": trainer._steps[True].experimental_get_tracing_count(),
         }
 
-    return _Variant(name, run, traced, trainer.model)
+    def graph_ops():
+        kinds = {"main_step": False, "full_step": True}
+        return {
+            kind: harness.graph_ops(trainer._steps[full].get_concrete_function(iterator))
+            for kind, full in kinds.items()
+            if trainer._steps[full].experimental_get_tracing_count()
+        }
+
+    return _Variant(name, run, traced, trainer.model, graph_ops)
 
 
 def _trainer_variants(model_name: str) -> dict[str, tuple]:
@@ -192,7 +203,7 @@ def _measure(model_name: str, dataset, rounds: int, steps: int):
         rss[v.name] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
     results = _time_rounds(variants, rounds, steps, "ce")
     for v in variants:
-        results[v.name].update(peak_rss_growth_mb=rss[v.name], traces=v.traced())
+        results[v.name].update(peak_rss_growth_mb=rss[v.name], traces=v.traced(), graph_ops=v.graph_ops())
     return results
 
 
@@ -223,6 +234,7 @@ def _time_rounds(variants: list[_Variant], rounds: int, steps: int, baseline: st
             "cpu_ratio_iqr": _ratio_quartiles(cpu[name], cpu[baseline]),
             "peak_rss_growth_mb": 0.0,
             "traces": {},
+            "graph_ops": {},
         }
         for name in wall
     }
@@ -375,6 +387,7 @@ def main(argv):
                 met = ok(m["ratio_to_ce"], model_name) if ok else None
             status = "" if met is None else ("met" if met else "MISSED")
             traces = ", ".join(f"{k}={v}" for k, v in m["traces"].items())
+            ops = ", ".join(f"{k}={v}" for k, v in m["graph_ops"].items())
             rows.append(
                 [
                     model_name,
@@ -386,10 +399,11 @@ def main(argv):
                     f"{goal} {status}".strip(),
                     f"{m['peak_rss_growth_mb']:.0f}",
                     traces,
+                    ops,
                 ]
             )
     headers = ["model", "variant", "ms/step", "x CE", "x CE, IQR over rounds", "x CE in CPU time (IQR)", "goal",
-               "peak RSS growth MB", "traces"]  # fmt: skip
+               "peak RSS growth MB", "traces", "graph ops (after Grappler)"]  # fmt: skip
     table = harness.format_table(headers, rows)
     print(table)
     md, js = harness.write_results(

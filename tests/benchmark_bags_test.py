@@ -3,7 +3,9 @@
 import subprocess
 import sys
 
-from benchmarks import quality_settings
+import tensorflow as tf
+
+from benchmarks import harness, quality_settings
 from configs import digits
 from slf_tf import stochastic_loss
 
@@ -43,6 +45,9 @@ slf = step_overhead._trainer_variant("bag_frozen", step_overhead._config("mlp"),
 shapes = lambda v: [tuple(w.shape) for w in v.model.trainable_variables]
 assert shapes(ce) == shapes(slf), (shapes(ce), shapes(slf))
 ce.run_steps(2)
+slf.run_steps(2)
+ops_ce, ops_slf = ce.graph_ops(), slf.graph_ops()
+assert set(ops_slf) == {"main_step"} and 100 < ops_ce["step"] < ops_slf["main_step"], (ops_ce, ops_slf)
 print("same", shapes(ce)[0])
 """
 
@@ -53,3 +58,16 @@ def test_the_step_overhead_baseline_is_the_model_the_trainer_variants_train():
     done = subprocess.run([sys.executable, "-c", _SAME_MODEL], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("same (64, 128)")
+
+
+def test_graph_ops_counts_the_kernels_a_traced_function_runs_after_grappler():
+    f = tf.function(lambda x: tf.matmul(x, x) + tf.reduce_sum(x))
+    assert harness.graph_ops(f.get_concrete_function(tf.TensorSpec([2, 2]))) == 3  # MatMul, Sum, AddV2
+
+    @tf.function
+    def static_shapes(x):  # constant-folded away with a known shape: the reason the batches have one
+        return x * tf.cast(tf.shape(x)[0], tf.float32)
+
+    folded = harness.graph_ops(static_shapes.get_concrete_function(tf.TensorSpec([4, 2])))
+    dynamic = harness.graph_ops(static_shapes.get_concrete_function(tf.TensorSpec([None, 2])))
+    assert folded == 1 < dynamic, (folded, dynamic)
