@@ -61,17 +61,3 @@ def test_bad_sizes_raise():
         input_pipeline.step_batches(
             X[:0], Y[:0], XV, YV, batch_size=4, val_batch_size=4, seed=0, start_step=0, num_steps=1
         )
-
-
-@pytest.mark.parametrize("val_batch", [6, 20])  # 20 > 12 validation examples: the wrapping branch
-def test_batches_have_static_shapes_so_the_traced_step_can_fold_its_shape_ops(val_batch):
-    ds = input_pipeline.step_batches(
-        X, {"a": Y, "b": Y}, XV, YV, batch_size=8, val_batch_size=val_batch, seed=0, start_step=0, num_steps=3,
-        replica_ids=(1,), num_replicas=2,
-    )  # fmt: skip
-    _, x, y, xv, yv = ds.element_spec
-    assert x.shape == (4, 1) and y["a"].shape == y["b"].shape == (4,)
-    assert xv.shape == (val_batch // 2, 1) and yv.shape == (val_batch // 2,)
-    for _, x, y, xv, yv in ds:
-        assert x.shape == (4, 1) and y["a"].shape == (4,) and xv.shape == (val_batch // 2, 1)
-        assert yv.shape == (val_batch // 2,)

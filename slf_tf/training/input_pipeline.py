@@ -61,9 +61,7 @@ def step_batches(
 
         def per_replica(r):
             i = tf.cast(r, tf.int32)
-            # Static sizes: every batch is full, and known shapes let the step's graph fold its shape ops.
-            mine = tf.reshape(idx[i * per : (i + 1) * per], [per])
-            vmine = tf.reshape(vidx[i * per_val : (i + 1) * per_val], [per_val])
+            mine, vmine = idx[i * per : (i + 1) * per], vidx[i * per_val : (i + 1) * per_val]
             take = lambda arrays, idx: tf.nest.map_structure(lambda a: tf.gather(a, idx), arrays)  # noqa: E731
             return step, take(tx, mine), take(ty, mine), take(tvx, vmine), take(tvy, vmine)
 
