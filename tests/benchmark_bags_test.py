@@ -65,7 +65,7 @@ def test_graph_ops_counts_the_kernels_a_traced_function_runs_after_grappler():
     assert harness.graph_ops(f.get_concrete_function(tf.TensorSpec([2, 2]))) == 3  # MatMul, Sum, AddV2
 
     @tf.function
-    def static_shapes(x):  # constant-folded away with a known shape: the reason the batches have one
+    def static_shapes(x):  # the shape arithmetic is constant-folded away when the shape is known
         return x * tf.cast(tf.shape(x)[0], tf.float32)
 
     folded = harness.graph_ops(static_shapes.get_concrete_function(tf.TensorSpec([4, 2])))
