@@ -36,7 +36,7 @@ format: $(STAMP)
 
 # Benchmarks print a table and write JSON + Markdown to benchmarks/results/.
 # `make bench` is the fast subset (< 10 min on 2 cores); `make bench-full` runs everything (many hours:
-# the 20k-image CNN settings take ~1.5 hours per seed each; run them in parts with
+# the 20k-image CNN settings take 12-20 minutes per seed each with 2 workers (2026-12-08); run them in parts with
 # `python -m benchmarks.quality --settings fmnist_cnn_pair40`; add MNIST_DIR=/path/to/mnist-idx for MNIST).
 MNIST_DIR ?=
 
